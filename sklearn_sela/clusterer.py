@@ -1,0 +1,538 @@
+"""``SelfLabelClusterer``: the scikit-learn face of SeLa training."""
+
+from numbers import Integral, Real
+import math
+import os
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from skorch.callbacks import PrintLog, ProgressBar
+
+from .backbones import MultiHeadNet, make_backbone
+from .data import AugmentedDataset, as_dataset, default_augmentation
+from .training import (
+    Checkpoint,
+    SelfLabelling,
+    SelfLabelNet,
+    StepDrops,
+    label_update_epochs,
+    load_checkpoint,
+    restore_checkpoint,
+)
+
+__all__ = ["SelfLabelClusterer"]
+
+
+def _auto_epochs(n_samples):
+    # About 400k sample-visits, between 20 and 200 epochs: small data sets need
+    # many passes for the labels to settle, large ones few (time budget).
+    return int(np.clip(math.ceil(4e5 / n_samples), 20, 200))
+
+
+def _resolve_device(device):
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _seed_from(random_state):
+    if random_state is None:
+        return int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    return int(random_state)
+
+
+class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
+    """Self-labelling clustering and representation learning (SeLa).
+
+    Trains a network (backbone + ``n_heads`` linear classification heads)
+    with cross-entropy on labels that it assigns itself, alternating with a
+    self-labelling step that solves an equipartition-constrained optimal
+    transport problem by Sinkhorn-Knopp (Asano, Rupprecht & Vedaldi, ICLR
+    2020). Training runs through :mod:`skorch`.
+
+    Parameters
+    ----------
+    n_clusters : int or list of int, default=10
+        Number of clusters K, or one K per head (heads may differ, paper 3.5).
+    n_heads : int, default=1
+        Number of clustering heads T sharing the backbone. Ignored if
+        ``n_clusters`` is a list (then T = its length).
+    backbone : str or torch.nn.Module, default="auto"
+        ``"auto"`` (MLP for tabular data, a compact conv net for images
+        smaller than 64 pixels, AlexNet above), ``"mlp"``, ``"convnet"``,
+        ``"alexnet"``, ``"resnet18"``, ``"resnet50"`` (randomly initialised),
+        or a module mapping a batch to ``(B, D)`` features.
+    augment : "auto", callable or None, default="auto"
+        Per-sample transform of a float ``(C, H, W)`` (or ``(D,)``) tensor
+        applied in training and in the self-labelling pass (paper 3.4).
+        ``"auto"`` picks a preset by data kind (none for tabular data).
+    max_epochs : int or "auto", default="auto"
+        Training epochs; ``"auto"`` uses about 400k sample visits, clipped to
+        [20, 200] epochs.
+    batch_size : int, default=256
+        Mini-batch size.
+    lr : float, default=0.05
+        Initial SGD learning rate (paper: 0.05).
+    momentum : float, default=0.9
+        SGD momentum.
+    weight_decay : float, default=5e-4
+        SGD weight decay.
+    lr_drops : tuple of float, default=(0.375, 0.75, 0.875)
+        Fractions of ``max_epochs`` at which the learning rate is multiplied
+        by ``lr_gamma`` (paper: epochs 150, 300, 350 of 400).
+    lr_gamma : float, default=0.1
+        Learning-rate drop factor.
+    n_label_updates : int or "auto", default="auto"
+        Number of self-labelling steps M, the first at epoch 0. ``"auto"``
+        is half the number of epochs (the paper's best: 80 for 160 epochs).
+        0 keeps the initial random labels (ablation).
+    label_schedule : {"quadratic", "linear"}, default="quadratic"
+        Where the updates fall in training: ``((i-1)/(M-1))**2`` of the way
+        (appendix A.1) or evenly.
+    lam : float, default=25.0
+        Sinkhorn lambda (paper: 25).
+    sinkhorn_tol : float, default=1e-3
+        Marginal tolerance of each Sinkhorn solve.
+    assign : {"argmax", "balanced"}, default="argmax"
+        Labels from the transport plan by argmax (paper) or as an exact
+        equipartition.
+    head : int, default=0
+        Head used by ``labels_``, :meth:`predict`, :meth:`predict_proba` and
+        :meth:`score` unless told otherwise.
+    image_size : int or (int, int), default=None
+        Resize streamed images (e.g. an ``ImageFolder``) to this size.
+    device : str, default="auto"
+        Torch device; ``"auto"`` uses CUDA when available.
+    num_workers : int, default=0
+        DataLoader worker processes.
+    callbacks : list of skorch callbacks, default=None
+        Extra callbacks passed to the skorch net.
+    checkpoint_dir : str or path, default=None
+        If set, training state is saved there every ``checkpoint_every``
+        epochs, and a later ``fit`` with the same directory resumes from it.
+    checkpoint_every : int, default=1
+        Epochs between checkpoints.
+    verbose : int, default=0
+        0: silent; 1: one line per label update and a progress bar per epoch;
+        2: also skorch's per-epoch table.
+    random_state : int, RandomState instance or None, default=None
+        Seeds weight initialisation, initial labels, shuffling and
+        augmentation; CPU runs with the same seed are identical.
+
+    Attributes
+    ----------
+    labels_ : ndarray of shape (n_samples,)
+        Self-labels of the training data from head ``head``.
+    labels_all_ : ndarray of shape (n_samples, n_heads)
+        Self-labels of every head.
+    n_clusters_ : list of int
+        K per head.
+    net_ : SelfLabelNet
+        The fitted skorch net (``net_.module_`` is the torch model).
+    history_ : skorch History
+        Per-epoch loss, learning rate and label-update records (time,
+        Sinkhorn iterations, smallest/largest cluster, NMI between
+        consecutive labellings).
+    log_betas_ : list of ndarray
+        Per head, the Sinkhorn cluster scaling of the last update.
+    input_info_ : InputInfo
+        Kind and sample shape of the training input.
+    n_features_in_ : int
+        Number of features (tabular input only).
+    n_epochs_ : int
+        Epochs trained.
+
+    See Also
+    --------
+    sklearn_sela.SinkhornAssigner : Balanced assignment on fixed features.
+    sklearn_sela.sinkhorn_knopp : The self-labelling solver.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from sklearn_sela import SelfLabelClusterer
+    >>> X, _ = load_digits(return_X_y=True)
+    >>> model = SelfLabelClusterer(n_clusters=10, max_epochs=2, random_state=0)
+    >>> model.fit(X[:300]).labels_.shape
+    (300,)
+    """
+
+    _parameter_constraints = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left"), list, tuple],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "backbone": [str, torch.nn.Module],
+        "augment": [StrOptions({"auto"}), callable, None],
+        "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "batch_size": [Interval(Integral, 2, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "lr_drops": [list, tuple],
+        "lr_gamma": [Interval(Real, 0, 1, closed="right")],
+        "n_label_updates": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
+        "label_schedule": [StrOptions({"quadratic", "linear"})],
+        "lam": [Interval(Real, 0, None, closed="neither")],
+        "sinkhorn_tol": [Interval(Real, 0, None, closed="left")],
+        "assign": [StrOptions({"argmax", "balanced"})],
+        "head": [Interval(Integral, 0, None, closed="left")],
+        "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
+        "device": [str],
+        "num_workers": [Interval(Integral, 0, None, closed="left")],
+        "callbacks": [list, None],
+        "checkpoint_dir": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_clusters=10,
+        n_heads=1,
+        *,
+        backbone="auto",
+        augment="auto",
+        max_epochs="auto",
+        batch_size=256,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=5e-4,
+        lr_drops=(0.375, 0.75, 0.875),
+        lr_gamma=0.1,
+        n_label_updates="auto",
+        label_schedule="quadratic",
+        lam=25.0,
+        sinkhorn_tol=1e-3,
+        assign="argmax",
+        head=0,
+        image_size=None,
+        device="auto",
+        num_workers=0,
+        callbacks=None,
+        checkpoint_dir=None,
+        checkpoint_every=1,
+        verbose=0,
+        random_state=None,
+    ):
+        self.n_clusters = n_clusters
+        self.n_heads = n_heads
+        self.backbone = backbone
+        self.augment = augment
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.lr_drops = lr_drops
+        self.lr_gamma = lr_gamma
+        self.n_label_updates = n_label_updates
+        self.label_schedule = label_schedule
+        self.lam = lam
+        self.sinkhorn_tol = sinkhorn_tol
+        self.assign = assign
+        self.head = head
+        self.image_size = image_size
+        self.device = device
+        self.num_workers = num_workers
+        self.callbacks = callbacks
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.verbose = verbose
+        self.random_state = random_state
+
+    # -- helpers ----------------------------------------------------------
+    def _cluster_list(self):
+        if isinstance(self.n_clusters, (list, tuple)):
+            ks = list(self.n_clusters)
+            if not ks or not all(isinstance(k, Integral) and k >= 1 for k in ks):
+                raise ValueError(
+                    f"n_clusters must be a positive int or a non-empty list of "
+                    f"positive ints, got {self.n_clusters!r}."
+                )
+            return [int(k) for k in ks]
+        return [int(self.n_clusters)] * int(self.n_heads)
+
+    def _dataset(self, X, reset):
+        expected = None if reset else self.input_info_
+        image_size = self.image_size if reset else None
+        base, info = as_dataset(X, expected=expected, image_size=image_size)
+        if reset:
+            self.input_info_ = info
+            if info.kind == "tabular":
+                self.n_features_in_ = info.sample_shape[0]
+            elif hasattr(self, "n_features_in_"):
+                del self.n_features_in_
+        return base, info
+
+    def _augmentation(self, info):
+        if self.augment == "auto":
+            return default_augmentation(info)
+        return self.augment
+
+    def _schedule(self, max_epochs):
+        n_updates = (
+            max(1, max_epochs // 2) if self.n_label_updates == "auto" else self.n_label_updates
+        )
+        return label_update_epochs(max_epochs, n_updates, self.label_schedule)
+
+    def _build_net(self, info, ks, max_epochs, n_samples, seed):
+        backbone, dim = make_backbone(self.backbone, info)
+        module = MultiHeadNet(backbone, dim, ks)
+        label_epochs = self._schedule(max_epochs)
+        milestones = sorted({int(round(f * max_epochs)) for f in self.lr_drops})
+        callbacks = [
+            ("lr_drops", StepDrops(milestones, self.lr_gamma)),
+            ("self_labelling", SelfLabelling(label_epochs, verbose=self.verbose)),
+        ]
+        if self.checkpoint_dir is not None:
+            callbacks.append(
+                ("checkpoint", Checkpoint(self.checkpoint_dir, self.checkpoint_every))
+            )
+        if self.verbose:
+            callbacks.append(("progress", ProgressBar()))
+        callbacks += list(self.callbacks or [])
+        batch_size = min(self.batch_size, n_samples)
+        net = SelfLabelNet(
+            module,
+            n_clusters=ks,
+            lam=self.lam,
+            sinkhorn_tol=self.sinkhorn_tol,
+            assign=self.assign,
+            label_seed=seed,
+            optimizer=torch.optim.SGD,
+            optimizer__momentum=self.momentum,
+            optimizer__weight_decay=self.weight_decay,
+            lr=self.lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            # A last batch of one sample would break batch norm.
+            iterator_train__drop_last=n_samples % batch_size == 1,
+            iterator_train__shuffle=True,
+            iterator_train__num_workers=self.num_workers,
+            iterator_valid__num_workers=self.num_workers,
+            device=_resolve_device(self.device),
+            callbacks=callbacks,
+            verbose=int(self.verbose >= 2),
+        )
+        if self.verbose < 2:
+            # skorch adds PrintLog by default; keep output to what was asked.
+            net.set_params(callbacks__print_log=None)
+        return net
+
+    # -- fitting ----------------------------------------------------------
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train the network on self-labels of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, Tensor or torch Dataset
+            Tabular ``(N, D)`` data, images ``(N, H, W)``, ``(N, H, W, C)``
+            or ``(N, C, H, W)`` (uint8 or float), or a Dataset of images such
+            as :class:`torchvision.datasets.ImageFolder` (streamed).
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : SelfLabelClusterer
+            Fitted estimator.
+        """
+        ks = self._cluster_list()
+        if self.head >= len(ks):
+            raise ValueError(
+                f"head={self.head} is out of range for {len(ks)} head(s)."
+            )
+        base, info = self._dataset(X, reset=True)
+        n = info.n_samples
+        if n < 2:
+            raise ValueError(
+                f"n_samples={n} is too small: SelfLabelClusterer needs at least "
+                f"2 samples to train with batch normalisation."
+            )
+        if max(ks) > n:
+            raise ValueError(
+                f"n_samples={n} should be >= n_clusters={max(ks)}: every "
+                f"cluster needs at least one sample."
+            )
+        max_epochs = _auto_epochs(n) if self.max_epochs == "auto" else int(self.max_epochs)
+        seed = _seed_from(self.random_state)
+        torch.manual_seed(seed)
+        net = self._build_net(info, ks, max_epochs, n, seed)
+        net.initialize()
+        net.init_labels(n)
+        done = 0
+        if self.checkpoint_dir is not None:
+            state = load_checkpoint(self.checkpoint_dir)
+            if state is not None:
+                if tuple(state["labels"].shape) != (n, len(ks)):
+                    raise ValueError(
+                        f"The checkpoint in {self.checkpoint_dir!r} was written "
+                        f"for {state['labels'].shape[0]} samples and "
+                        f"{state['labels'].shape[1]} head(s), not {n} and "
+                        f"{len(ks)}; use another checkpoint_dir."
+                    )
+                done = restore_checkpoint(net, state)
+        train_set = AugmentedDataset(base, self._augmentation(info))
+        if done < max_epochs:
+            net.partial_fit(train_set, None, epochs=max_epochs - done)
+        self.net_ = net
+        self.n_clusters_ = ks
+        self.n_epochs_ = len(net.history)
+        self.labels_all_ = net.labels_.numpy().copy()
+        self.labels_ = self.labels_all_[:, self.head].copy()
+        self.log_betas_ = [
+            None if b is None else np.asarray(torch.as_tensor(b).cpu())
+            for b in net.log_betas_
+        ]
+        return self
+
+    @property
+    def history_(self):
+        check_is_fitted(self, "net_")
+        return self.net_.history
+
+    # -- inference --------------------------------------------------------
+    @torch.no_grad()
+    def _forward(self, X, what):
+        check_is_fitted(self, "net_")
+        base, _ = self._dataset(X, reset=False)
+        net = self.net_
+        net.module_.eval()
+        outs = []
+        for batch in net.get_iterator(AugmentedDataset(base), training=False):
+            xb = batch[0].to(net.device)
+            if what == "features":
+                outs.append(net.module_.features(xb).float().cpu())
+            else:
+                logits = net.module_(xb)
+                outs.append([torch.softmax(z.float(), dim=1).cpu() for z in logits])
+        return outs
+
+    def _check_head(self, head):
+        head = self.head if head is None else head
+        if not 0 <= head < len(self.n_clusters_):
+            raise ValueError(
+                f"head={head} is out of range for {len(self.n_clusters_)} head(s)."
+            )
+        return head
+
+    def predict_proba(self, X, head=None):
+        """Cluster probabilities ``softmax(h_t(phi(x)))`` of one head.
+
+        Parameters
+        ----------
+        X : array-like, Tensor or Dataset
+            Same kinds of input as :meth:`fit`.
+        head : int, default=None
+            Which head; ``self.head`` when None.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_clusters_[head])
+        """
+        check_is_fitted(self, "net_")
+        head = self._check_head(head)
+        return self._head_probas(X)[head]
+
+    def _head_probas(self, X):
+        outs = self._forward(X, "probas")
+        return [torch.cat([o[t] for o in outs]).numpy() for t in range(len(outs[0]))]
+
+    def predict(self, X, head=None):
+        """Most probable cluster of each sample for one head.
+
+        Parameters
+        ----------
+        X : array-like, Tensor or Dataset
+            Same kinds of input as :meth:`fit`.
+        head : int, default=None
+            Which head; ``self.head`` when None.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return self.predict_proba(X, head=head).argmax(axis=1)
+
+    def transform(self, X):
+        """Backbone features ``phi(x)`` for downstream models.
+
+        Parameters
+        ----------
+        X : array-like, Tensor or Dataset
+            Same kinds of input as :meth:`fit`.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features_out)
+            float32.
+        """
+        return torch.cat(self._forward(X, "features")).numpy()
+
+    def fit_transform(self, X, y=None):
+        """Fit, then return the features of ``X`` (see :meth:`transform`)."""
+        return self.fit(X, y).transform(X)
+
+    def score(self, X, y=None, head=None):
+        """Normalised information between samples and predicted clusters.
+
+        ``(H(mean_i p_i) - mean_i H(p_i)) / log K`` for the head's predicted
+        distributions ``p_i``: 1 when every sample is assigned with certainty
+        and the clusters are used equally (the paper's objective, sec. 3.2:
+        maximal information between data index and label), 0 when the
+        predictions carry no information. Dividing by ``log K`` makes values
+        comparable across ``n_clusters``: a K larger than the structure of
+        the data forces arbitrary splits, whose predictions are less certain
+        on unseen data, so the score does not simply grow with K.
+
+        Parameters
+        ----------
+        X : array-like, Tensor or Dataset
+            Data to score (held-out data in a grid search).
+        y : Ignored
+            Not used, present for API consistency.
+        head : int, default=None
+            Which head; ``self.head`` when None.
+
+        Returns
+        -------
+        score : float
+            In [0, 1]; higher is better.
+        """
+        p = self.predict_proba(X, head=head).astype(np.float64)
+        k = p.shape[1]
+        if k == 1:
+            return 0.0
+        eps = 1e-12
+        cond = -(p * np.log(p + eps)).sum(axis=1).mean()
+        marg = p.mean(axis=0)
+        ent = -(marg * np.log(marg + eps)).sum()
+        return float((ent - cond) / np.log(k))
+
+    @property
+    def _n_features_out(self):
+        check_is_fitted(self, "net_")
+        with torch.no_grad():
+            return int(self.net_.module_.heads[0].in_features)
+
+    def get_feature_names_out(self, input_features=None):
+        """Names ``selflabelclusterer0 ...`` of the :meth:`transform` output.
+
+        Parameters
+        ----------
+        input_features : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        names : ndarray of str objects
+        """
+        check_is_fitted(self, "net_")
+        prefix = type(self).__name__.lower()
+        return np.asarray([f"{prefix}{i}" for i in range(self._n_features_out)], dtype=object)

@@ -1,0 +1,359 @@
+"""The SeLa training loop on skorch: cross-entropy on self-labels, with the
+labels re-assigned by Sinkhorn-Knopp at scheduled epochs.
+
+:class:`SelfLabelNet` is a :class:`skorch.NeuralNet` whose targets are not
+given by the user but held by the net (``labels_``) and replaced by
+:meth:`SelfLabelNet.update_labels`. Scheduling, learning-rate drops and
+checkpoints are small skorch callbacks, so each can be swapped or extended.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback
+from skorch.dataset import unpack_data
+from sklearn.metrics import normalized_mutual_info_score
+
+from .sinkhorn import sinkhorn_knopp
+
+__all__ = [
+    "SelfLabelNet",
+    "SelfLabelling",
+    "StepDrops",
+    "Checkpoint",
+    "label_update_epochs",
+    "load_checkpoint",
+]
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def label_update_epochs(max_epochs, n_updates, schedule="quadratic"):
+    """Epochs at the start of which the labels are re-assigned.
+
+    Parameters
+    ----------
+    max_epochs : int
+        Total number of training epochs.
+    n_updates : int
+        Number of self-labelling steps M. 0 keeps the initial random labels
+        (the paper's ablation, table 1).
+    schedule : {"quadratic", "linear"}, default="quadratic"
+        ``"quadratic"`` places update ``i`` at the fraction
+        ``((i - 1) / (M - 1))**2`` of training (appendix A.1: denser at the
+        start, where most learning happens); ``"linear"`` spreads them evenly.
+        The first update is always at epoch 0.
+
+    Returns
+    -------
+    epochs : list of int
+        Sorted, distinct epoch indices in ``[0, max_epochs)``. When two
+        fractions round to the same epoch the later one moves to the next
+        free epoch, so ``min(n_updates, max_epochs)`` updates always run.
+    """
+    n = min(int(n_updates), int(max_epochs))
+    if n <= 0:
+        return []
+    if n == 1:
+        return [0]
+    frac = np.linspace(0.0, 1.0, n)
+    if schedule == "quadratic":
+        frac = frac**2
+    elif schedule != "linear":
+        raise ValueError(
+            f"label_schedule must be 'quadratic' or 'linear', got {schedule!r}."
+        )
+    raw = np.floor(frac * (max_epochs - 1) + 1e-9).astype(int)
+    epochs = []
+    for e in raw:
+        e = max(e, epochs[-1] + 1) if epochs else e
+        epochs.append(int(e))
+    # Pushing duplicates forward can overrun the end: pull them back.
+    for i in range(n - 1, -1, -1):
+        limit = max_epochs - (n - i)
+        if epochs[i] > limit:
+            epochs[i] = limit
+    return epochs
+
+
+class SelfLabelNet(NeuralNet):
+    """skorch net trained with cross-entropy on labels it assigns itself.
+
+    The module must return a tuple of ``T`` logit tensors, one per head. The
+    training dataset must yield ``(x, index)`` pairs; the target of a sample
+    is looked up in ``labels_`` by its index, so labels can change between
+    epochs without rebuilding the data pipeline.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance
+        Network with ``T`` heads (see :class:`~sklearn_sela.backbones.MultiHeadNet`).
+    n_clusters : list of int
+        Number of clusters ``K_t`` of each head.
+    lam : float, default=25.0
+        Sinkhorn lambda.
+    sinkhorn_tol : float, default=1e-3
+        Marginal tolerance of the Sinkhorn solve.
+    sinkhorn_max_iter : int, default=1000
+        Iteration cap of the Sinkhorn solve.
+    assign : {"argmax", "balanced"}, default="argmax"
+        How labels are read from the transport plan.
+    label_seed : int, default=0
+        Seed of the initial random equipartition.
+    **kwargs
+        Passed to :class:`skorch.NeuralNet` (``optimizer``, ``lr``,
+        ``max_epochs``, ``batch_size``, ``device``, ``callbacks``,
+        ``iterator_train__num_workers``, ...).
+
+    Attributes
+    ----------
+    labels_ : Tensor of shape (n_samples, n_heads)
+        Current self-labels (int64, CPU).
+    log_betas_ : list of Tensor
+        Per head, the Sinkhorn cluster scaling of the last update (warm start
+        of the next one), or None before the first.
+    label_updates_ : int
+        Number of label updates done.
+    """
+
+    def __init__(
+        self,
+        module,
+        *args,
+        n_clusters=(10,),
+        lam=25.0,
+        sinkhorn_tol=1e-3,
+        sinkhorn_max_iter=1000,
+        assign="argmax",
+        label_seed=0,
+        criterion=torch.nn.CrossEntropyLoss,
+        train_split=None,
+        **kwargs,
+    ):
+        super().__init__(module, *args, criterion=criterion, train_split=train_split, **kwargs)
+        self.n_clusters = n_clusters
+        self.lam = lam
+        self.sinkhorn_tol = sinkhorn_tol
+        self.sinkhorn_max_iter = sinkhorn_max_iter
+        self.assign = assign
+        self.label_seed = label_seed
+
+    # -- labels -----------------------------------------------------------
+    def init_labels(self, n_samples):
+        """Start from a random equipartition of ``n_samples`` for each head."""
+        gen = torch.Generator().manual_seed(int(self.label_seed))
+        cols = [torch.randperm(n_samples, generator=gen) % k for k in self.n_clusters]
+        self.labels_ = torch.stack(cols, dim=1)
+        self.log_betas_ = [None] * len(self.n_clusters)
+        self.label_updates_ = 0
+        return self
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        """Cross-entropy averaged over heads; ``y_true`` holds sample indices."""
+        targets = self.labels_[y_true.cpu()].to(self.device)
+        losses = [
+            self.criterion_(logits, targets[:, t]) for t, logits in enumerate(y_pred)
+        ]
+        return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def log_probas_into(self, dataset, buffers):
+        """Write every head's log-probabilities for ``dataset`` into ``buffers``.
+
+        ``buffers[t]`` is a preallocated ``(N, K_t)`` float32 tensor; rows
+        are filled at the sample indices the dataset yields, so no list of
+        batch outputs is ever concatenated.
+        """
+        self._set_training(False)
+        for batch in self.get_iterator(dataset, training=False):
+            Xi, idx = unpack_data(batch)
+            outputs = self.infer(Xi)
+            idx = idx.cpu()
+            for buf, logits in zip(buffers, outputs):
+                buf[idx] = torch.log_softmax(logits.float(), dim=1).cpu()
+        return buffers
+
+    def update_labels(self, dataset):
+        """Self-labelling step (paper, step 2) for every head.
+
+        Computes the log-probabilities of all training samples (through the
+        training augmentation, section 3.4) and solves the transport problem
+        per head, warm-started from that head's previous scaling.
+
+        Returns
+        -------
+        info : dict
+            Time, Sinkhorn iterations, smallest and largest cluster and NMI
+            with the previous labelling, each per head (lists).
+        """
+        start = time.perf_counter()
+        n = len(self.labels_)
+        buffers = [torch.empty((n, k), dtype=torch.float32) for k in self.n_clusters]
+        self.log_probas_into(dataset, buffers)
+        previous = self.labels_.clone()
+        info = {"sinkhorn_iter": [], "min_size": [], "max_size": [], "nmi_prev": []}
+        for t, buf in enumerate(buffers):
+            res = sinkhorn_knopp(
+                buf,
+                lam=self.lam,
+                tol=self.sinkhorn_tol,
+                max_iter=self.sinkhorn_max_iter,
+                warm_start=self.log_betas_[t],
+                assign=self.assign,
+                inplace=True,
+            )
+            self.labels_[:, t] = res.labels
+            self.log_betas_[t] = res.log_beta
+            sizes = torch.bincount(res.labels, minlength=self.n_clusters[t])
+            info["sinkhorn_iter"].append(res.n_iter)
+            info["min_size"].append(int(sizes.min()))
+            info["max_size"].append(int(sizes.max()))
+            info["nmi_prev"].append(
+                float(normalized_mutual_info_score(previous[:, t], self.labels_[:, t]))
+            )
+        del buffers
+        self.label_updates_ += 1
+        info["time"] = time.perf_counter() - start
+        return info
+
+
+class SelfLabelling(Callback):
+    """Run :meth:`SelfLabelNet.update_labels` at the start of given epochs.
+
+    Parameters
+    ----------
+    epochs : list of int
+        0-based epoch indices (see :func:`label_update_epochs`).
+    verbose : int, default=0
+        Print one line per update when > 0.
+    """
+
+    def __init__(self, epochs, verbose=0):
+        self.epochs = epochs
+        self.verbose = verbose
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        epoch = len(net.history) - 1
+        if epoch not in set(self.epochs):
+            return
+        info = net.update_labels(dataset_train)
+        net.history.record("label_update", info)
+        if self.verbose:
+            heads = len(info["sinkhorn_iter"])
+            print(
+                f"[label update {net.label_updates_}/{len(self.epochs)} "
+                f"epoch {epoch}] {info['time']:.1f}s, sinkhorn iter "
+                f"{info['sinkhorn_iter'][0]}, cluster sizes "
+                f"{info['min_size'][0]}-{info['max_size'][0]}, NMI vs previous "
+                f"{info['nmi_prev'][0]:.3f}" + (f" (head 0 of {heads})" if heads > 1 else ""),
+                flush=True,
+            )
+
+
+class StepDrops(Callback):
+    """Divide the learning rate by ``1 / gamma`` at given epochs.
+
+    Stateless (the rate is a function of the epoch index), so a resumed run
+    continues the schedule exactly.
+
+    Parameters
+    ----------
+    milestones : list of int
+        0-based epochs from which each further drop applies.
+    gamma : float, default=0.1
+        Multiplicative factor per drop.
+    """
+
+    def __init__(self, milestones, gamma=0.1):
+        self.milestones = milestones
+        self.gamma = gamma
+
+    def on_epoch_begin(self, net, **kwargs):
+        epoch = len(net.history) - 1
+        drops = sum(epoch >= m for m in self.milestones)
+        lr = net.lr * self.gamma**drops
+        for group in net.optimizer_.param_groups:
+            group["lr"] = lr
+        net.history.record("lr", lr)
+
+
+class Checkpoint(Callback):
+    """Save everything needed to resume training every few epochs.
+
+    Writes ``checkpoint.pt`` in ``dirname`` atomically (a crash while saving
+    leaves the previous checkpoint intact). The file holds only tensors and
+    plain Python values, so :func:`load_checkpoint` reads it with
+    ``torch.load(..., weights_only=True)``: no code runs from it.
+
+    Parameters
+    ----------
+    dirname : str or path
+        Directory, created if missing.
+    every : int, default=1
+        Save after every ``every`` epochs, and after the last one.
+    """
+
+    def __init__(self, dirname, every=1):
+        self.dirname = dirname
+        self.every = every
+
+    def on_epoch_end(self, net, **kwargs):
+        done = len(net.history)
+        if done % self.every and done != net.max_epochs:
+            return
+        save_checkpoint(net, self.dirname)
+
+
+def save_checkpoint(net, dirname):
+    """Write ``net``'s resumable state to ``dirname/checkpoint.pt``."""
+    os.makedirs(dirname, exist_ok=True)
+    state = {
+        "epochs_done": len(net.history),
+        "module": net.module_.state_dict(),
+        "optimizer": net.optimizer_.state_dict(),
+        "labels": net.labels_.clone(),
+        "log_betas": [
+            None if b is None else torch.as_tensor(b) for b in net.log_betas_
+        ],
+        "label_updates": net.label_updates_,
+        "history": json.dumps(net.history.to_list(), default=float),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    path = os.path.join(dirname, CHECKPOINT_FILE)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(dirname):
+    """Read a checkpoint written by :class:`Checkpoint`, or None if absent.
+
+    Uses ``weights_only=True``: only tensors and plain containers are
+    unpickled.
+    """
+    path = os.path.join(dirname, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore_checkpoint(net, state):
+    """Put ``state`` (from :func:`load_checkpoint`) back into an initialised net."""
+    from skorch.history import History
+
+    net.module_.load_state_dict(state["module"])
+    net.optimizer_.load_state_dict(state["optimizer"])
+    net.labels_ = state["labels"].clone()
+    net.log_betas_ = list(state["log_betas"])
+    net.label_updates_ = int(state["label_updates"])
+    net.history_ = History(json.loads(state["history"]))
+    torch.set_rng_state(state["rng_cpu"])
+    if state["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    return int(state["epochs_done"])

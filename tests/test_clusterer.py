@@ -1,0 +1,292 @@
+"""Behaviour of SelfLabelClusterer: training, labels, inputs, sklearn glue."""
+
+import os
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import load_digits, make_blobs
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch.callbacks import Callback
+
+from sklearn_sela import SelfLabelClusterer
+
+FAST = dict(max_epochs=3, batch_size=64, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X[:400].astype(np.float32), y[:400]
+
+
+@pytest.fixture(scope="module")
+def digit_images(digits):
+    X, _ = digits
+    return (X.reshape(-1, 8, 8) * 16).astype(np.uint8)
+
+
+def _label_updates(est):
+    return [row["label_update"] for row in est.history_ if "label_update" in row]
+
+
+def test_loss_falls_with_fixed_labels(digits):
+    X, _ = digits
+    est = SelfLabelClusterer(
+        n_clusters=10, max_epochs=6, n_label_updates=1, batch_size=64, random_state=0
+    ).fit(X)
+    losses = [row["train_loss"] for row in est.history_]
+    assert len(losses) == 6
+    assert losses[-1] < 0.8 * losses[1]
+
+
+def test_labels_change_and_stay_balanced(digits):
+    X, _ = digits
+    est = SelfLabelClusterer(
+        n_clusters=8, max_epochs=6, n_label_updates=3, batch_size=64, random_state=0
+    ).fit(X)
+    updates = _label_updates(est)
+    assert len(updates) == 3
+    # The first update moves away from the random start, later ones refine.
+    assert all(u["nmi_prev"][0] < 0.999 for u in updates)
+    sizes = np.bincount(est.labels_, minlength=8)
+    assert sizes.min() >= 0.5 * len(X) / 8 and sizes.max() <= 1.5 * len(X) / 8
+    assert est.n_epochs_ == 6
+
+
+def test_balanced_assign_gives_exact_equipartition(digits):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=8, assign="balanced", **FAST).fit(X)
+    assert set(np.bincount(est.labels_, minlength=8)) == {50}
+
+
+def test_heads_have_their_own_labels_and_sizes(digits):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=[5, 7, 9], **FAST).fit(X)
+    assert est.labels_all_.shape == (len(X), 3)
+    for t, k in enumerate([5, 7, 9]):
+        assert est.labels_all_[:, t].max() == k - 1
+        assert est.predict_proba(X, head=t).shape == (len(X), k)
+    # Heads are trained jointly but label independently.
+    assert not np.array_equal(est.labels_all_[:, 0], est.labels_all_[:, 1])
+    np.testing.assert_array_equal(est.labels_, est.labels_all_[:, 0])
+
+
+def test_zero_updates_keep_random_labels(digits):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=10, n_label_updates=0, **FAST).fit(X)
+    assert _label_updates(est) == []
+    assert set(np.bincount(est.labels_)) == {40}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda im: im,  # (N, H, W) uint8
+        lambda im: im[..., None],  # (N, H, W, 1)
+        lambda im: np.repeat(im[:, None], 3, axis=1).astype(np.float32) / 16,  # (N, 3, H, W)
+        lambda im: torch.from_numpy(im[:, None].copy()),  # torch (N, 1, H, W)
+    ],
+    ids=["NHW-uint8", "NHWC", "NCHW-float", "torch"],
+)
+def test_image_inputs_predict_and_transform(digit_images, make):
+    X = make(digit_images[:120])
+    est = SelfLabelClusterer(n_clusters=4, max_epochs=1, batch_size=32, random_state=0)
+    est.fit(X)
+    feats = est.transform(X)
+    assert feats.dtype == np.float32 and feats.shape[0] == 120 and feats.ndim == 2
+    pred = est.predict(X)
+    assert pred.shape == (120,) and pred.dtype.kind == "i"
+    proba = est.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_image_folder_input(tmp_path):
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        os.makedirs(tmp_path / cls)
+        for i in range(12):
+            arr = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / cls / f"{i}.png")
+    ds = ImageFolder(tmp_path)
+    est = SelfLabelClusterer(n_clusters=3, max_epochs=1, batch_size=8, random_state=0)
+    est.fit(ds)
+    assert est.labels_.shape == (24,)
+    assert est.transform(ds).shape[0] == 24
+    assert est.predict(ds).shape == (24,)
+
+
+def test_slice_dataset_input(digits):
+    from skorch.helper import SliceDataset
+    from torch.utils.data import TensorDataset
+
+    X, _ = digits
+    sl = SliceDataset(TensorDataset(torch.from_numpy(X[:100])), idx=0)
+    est = SelfLabelClusterer(n_clusters=4, max_epochs=1, batch_size=32, random_state=0)
+    assert est.fit(sl).transform(sl).shape[0] == 100
+
+
+def test_same_seed_same_labels(digits):
+    X, _ = digits
+    a = SelfLabelClusterer(n_clusters=6, **FAST).fit(X)
+    b = SelfLabelClusterer(n_clusters=6, **FAST).fit(X)
+    np.testing.assert_array_equal(a.labels_all_, b.labels_all_)
+    np.testing.assert_allclose(a.transform(X), b.transform(X))
+
+
+class _Interrupt(Callback):
+    def __init__(self, at_epoch):
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, net, **kwargs):
+        if len(net.history) - 1 == self.at_epoch:
+            raise RuntimeError("simulated interruption")
+
+
+def test_checkpoint_resume_equals_uninterrupted(digits, tmp_path):
+    X, _ = digits
+    params = dict(n_clusters=6, max_epochs=4, n_label_updates=3, batch_size=64, random_state=0)
+    full = SelfLabelClusterer(**params).fit(X)
+
+    ckpt = tmp_path / "ckpt"
+    broken = SelfLabelClusterer(
+        **params, checkpoint_dir=str(ckpt), checkpoint_every=2, callbacks=[_Interrupt(3)]
+    )
+    with pytest.raises(RuntimeError, match="simulated"):
+        broken.fit(X)
+    assert (ckpt / "checkpoint.pt").exists()
+
+    resumed = SelfLabelClusterer(**params, checkpoint_dir=str(ckpt), checkpoint_every=2).fit(X)
+    assert resumed.n_epochs_ == 4
+    np.testing.assert_array_equal(resumed.labels_all_, full.labels_all_)
+    np.testing.assert_allclose(resumed.transform(X), full.transform(X), rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_loads_without_code(digits, tmp_path):
+    X, _ = digits
+    SelfLabelClusterer(n_clusters=4, checkpoint_dir=str(tmp_path), **FAST).fit(X)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epochs_done"] == 3 and state["labels"].shape == (len(X), 1)
+
+
+@pytest.mark.parametrize("dump", ["pickle", "joblib"])
+def test_pickle_round_trip(digits, tmp_path, dump):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=5, **FAST).fit(X)
+    if dump == "pickle":
+        est2 = pickle.loads(pickle.dumps(est))
+    else:
+        joblib.dump(est, tmp_path / "m.joblib")
+        est2 = joblib.load(tmp_path / "m.joblib")
+    np.testing.assert_array_equal(est.predict(X), est2.predict(X))
+    np.testing.assert_allclose(est.transform(X), est2.transform(X))
+
+
+def test_clone_and_params_unchanged():
+    est = SelfLabelClusterer(n_clusters=[3, 4], lr_drops=(0.5,), random_state=1)
+    params = est.get_params()
+    assert params["n_clusters"] == [3, 4] and params["lr_drops"] == (0.5,)
+    c = clone(est)
+    assert c.get_params()["n_clusters"] == [3, 4]
+    c.set_params(n_heads=3)
+    assert c.n_heads == 3
+
+
+def test_pipeline_linear_probe(digits):
+    X, y = digits
+    pipe = Pipeline(
+        [("sela", SelfLabelClusterer(n_clusters=10, **FAST)), ("clf", LogisticRegression(max_iter=200))]
+    )
+    pipe.fit(X[:300], y[:300])
+    assert pipe.score(X[300:], y[300:]) > 0.5
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_grid_search_over_k_and_t(digits, n_jobs):
+    X, _ = digits
+    grid = GridSearchCV(
+        SelfLabelClusterer(max_epochs=2, batch_size=64, random_state=0),
+        {"n_clusters": [4, 8], "n_heads": [1, 2]},
+        cv=2,
+        n_jobs=n_jobs,
+    )
+    grid.fit(X[:200])
+    assert len(grid.cv_results_["mean_test_score"]) == 4
+    assert np.all(np.isfinite(grid.cv_results_["mean_test_score"]))
+
+
+def test_score_does_not_simply_grow_with_k():
+    X, _ = make_blobs(n_samples=600, centers=4, n_features=8, cluster_std=0.6, random_state=0)
+    X = X.astype(np.float32)
+    scores = {}
+    for k in (4, 24):
+        est = SelfLabelClusterer(n_clusters=k, max_epochs=15, batch_size=64, random_state=0)
+        scores[k] = est.fit(X[:400]).score(X[400:])
+    assert 0 <= scores[24] < scores[4] <= 1
+
+
+def test_set_output_pandas_and_feature_names(digits):
+    pd = pytest.importorskip("pandas")
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=4, **FAST).set_output(transform="pandas")
+    out = est.fit(X).transform(X)
+    assert isinstance(out, pd.DataFrame)
+    names = est.get_feature_names_out()
+    assert list(out.columns) == list(names) and names[0] == "selflabelclusterer0"
+
+
+@pytest.mark.parametrize(
+    "X, match",
+    [
+        (np.array([[1.0, np.nan], [0.0, 1.0], [1.0, 1.0]]), "NaN"),
+        (np.array([[1.0, np.inf], [0.0, 1.0], [1.0, 1.0]]), "infinity"),
+        (np.empty((0, 3)), "0 sample"),
+        (np.ones((1, 3)), "n_samples=1"),
+        (np.random.default_rng(0).normal(size=(5, 3)), "n_clusters=10"),
+    ],
+)
+def test_bad_fit_input(X, match):
+    with pytest.raises(ValueError, match=match):
+        SelfLabelClusterer(n_clusters=10, max_epochs=1).fit(X)
+
+
+def test_wrong_features_at_predict(digits, digit_images):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=4, **FAST).fit(X)
+    with pytest.raises(ValueError, match="features"):
+        est.predict(X[:, :10])
+    img = SelfLabelClusterer(n_clusters=4, max_epochs=1, random_state=0).fit(digit_images[:64])
+    with pytest.raises(ValueError, match="channel"):
+        img.transform(np.zeros((4, 3, 8, 8), np.float32))
+
+
+def test_dataset_with_nothing_usable():
+    from torch.utils.data import Dataset
+
+    class Words(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return "word"
+
+    with pytest.raises(ValueError):
+        SelfLabelClusterer(n_clusters=2, max_epochs=1).fit(Words())
+
+
+def _small():
+    return SelfLabelClusterer(n_clusters=2, max_epochs=2, batch_size=16, random_state=0)
+
+
+@parametrize_with_checks([_small()])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
