@@ -13,6 +13,7 @@ from skorch.callbacks import PrintLog, ProgressBar
 
 from .backbones import MultiHeadNet, make_backbone
 from .data import AugmentedDataset, as_dataset, default_augmentation
+from .distributed import DistributedFit
 from .training import (
     Checkpoint,
     SelfLabelling,
@@ -259,8 +260,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _dataset(self, X, reset):
         expected = None if reset else self.input_info_
-        image_size = self.image_size if reset else None
-        base, info = as_dataset(X, expected=expected, image_size=image_size)
+        base, info = as_dataset(X, expected=expected, image_size=self.image_size)
         if reset:
             self.input_info_ = info
             if info.kind == "tabular":
@@ -342,6 +342,13 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         -------
         self : SelfLabelClusterer
             Fitted estimator.
+
+        Notes
+        -----
+        Under ``torchrun`` (``torch.distributed`` initialised with several
+        ranks) the same call trains data-parallel: see
+        :mod:`sklearn_sela.distributed` and the "Distributed training" page.
+        Every rank ends with the same fitted estimator.
         """
         ks = self._cluster_list()
         if self.head >= len(ks):
@@ -362,8 +369,14 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             )
         max_epochs = _auto_epochs(n) if self.max_epochs == "auto" else int(self.max_epochs)
         seed = _seed_from(self.random_state)
+        # Several ranks (torchrun): shard data, DDP, rank 0 logs; else None.
+        ddp = DistributedFit.detect()
+        if ddp is not None:
+            seed = ddp.agree_seed(seed)
         torch.manual_seed(seed)
         net = self._build_net(info, ks, max_epochs, n, seed)
+        if ddp is not None:
+            ddp.configure(net, n, seed)
         net.initialize()
         net.init_labels(n)
         done = 0
@@ -379,8 +392,12 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                     )
                 done = restore_checkpoint(net, state)
         train_set = AugmentedDataset(base, self._augmentation(info))
+        if ddp is not None:
+            ddp.wrap(net, seed, done)
         if done < max_epochs:
             net.partial_fit(train_set, None, epochs=max_epochs - done)
+        if ddp is not None:
+            ddp.unwrap(net)
         self.net_ = net
         self.n_clusters_ = ks
         self.n_epochs_ = len(net.history)

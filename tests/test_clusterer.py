@@ -287,6 +287,17 @@ def _small():
     return SelfLabelClusterer(n_clusters=2, max_epochs=2, batch_size=16, random_state=0)
 
 
-@parametrize_with_checks([_small()])
+# float32 network inference depends on how samples are grouped into batches
+# (BLAS blocking changes the summation order): outputs agree to ~3e-7, not the
+# 1e-7 these two checks demand.
+EXPECTED_FAILED_CHECKS = {
+    "check_methods_subset_invariance": "float32 batched inference differs at ~3e-7",
+    "check_methods_sample_order_invariance": "float32 batched inference differs at ~3e-7",
+}
+
+
+@parametrize_with_checks(
+    [_small()], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS
+)
 def test_sklearn_compatible(estimator, check):
     check(estimator)

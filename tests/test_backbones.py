@@ -1,0 +1,167 @@
+import pytest
+import torch
+from torch import nn
+
+from sklearn_sela.backbones import (
+    ALEXNET_MIN_SIZE,
+    BACKBONE_NAMES,
+    MLP,
+    AlexNetFeatures,
+    ConvNet,
+    MultiHeadNet,
+    make_backbone,
+)
+from sklearn_sela.data import InputInfo
+
+torch.set_num_threads(1)
+
+
+def _image(c, h, w):
+    return InputInfo("image", (c, h, w), 100)
+
+
+@pytest.mark.parametrize(
+    "info, cls",
+    [
+        (InputInfo("tabular", (64,), 10), MLP),
+        (_image(1, 8, 8), ConvNet),
+        (_image(3, 63, 80), ConvNet),
+    ],
+)
+def test_auto_choice(info, cls):
+    module, dim = make_backbone("auto", info)
+    assert isinstance(module, cls)
+
+
+@pytest.mark.parametrize(
+    "spec, shape, dim",
+    [
+        ("mlp", (64,), 128),
+        ("mlp", (1, 8, 8), 128),  # images are flattened
+        ("convnet", (1, 8, 8), 128),
+        ("convnet", (1, 28, 28), 128),
+        ("convnet", (3, 32, 32), 128),
+        ("convnet", (4, 9, 13), 128),
+        ("resnet18", (3, 32, 32), 512),
+        ("resnet18", (1, 64, 64), 512),
+        ("resnet50", (3, 64, 64), 2048),
+    ],
+)
+def test_output_shapes(spec, shape, dim):
+    kind = "tabular" if len(shape) == 1 else "image"
+    module, d = make_backbone(spec, InputInfo(kind, shape, 10))
+    assert d == dim
+    module.eval()
+    with torch.no_grad():
+        out = module(torch.rand(2, *shape))
+    assert out.shape == (2, dim) and out.dtype == torch.float32
+
+
+def test_convnet_pooling_stops_at_small_maps():
+    pools = lambda m: sum(isinstance(l, nn.MaxPool2d) for l in m.features)
+    assert pools(ConvNet(1, (8, 8))) == 1
+    assert pools(ConvNet(1, (28, 28))) == 3
+    assert pools(ConvNet(3, (32, 32))) == 3
+
+
+def test_convnet_trains():
+    module, dim = make_backbone("convnet", _image(1, 28, 28))
+    out = module(torch.rand(4, 1, 28, 28))
+    out.sum().backward()
+    assert all(p.grad is not None for p in module.parameters())
+    assert (out >= 0).all()  # ends with ReLU
+
+
+def test_alexnet_auto_batchnorm_features_and_channels():
+    # One test: each AlexNet costs seconds to initialise (57M parameters).
+    module, dim = make_backbone("auto", _image(3, 64, 64))
+    assert isinstance(module, AlexNetFeatures) and dim == 4096
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in module.modules()) == 5
+    assert isinstance(module.classifier[-1], nn.ReLU)  # 1000-way layer removed
+    module.eval()
+    with torch.no_grad():
+        assert module(torch.rand(2, 3, 64, 64)).shape == (2, 4096)
+    module, dim = make_backbone("alexnet", _image(1, 63, 63))
+    assert module.features[0].in_channels == 1
+    with torch.no_grad():
+        assert module.eval()(torch.rand(2, 1, 63, 63)).shape == (2, 4096)
+
+
+def test_alexnet_too_small_raises():
+    assert ALEXNET_MIN_SIZE == 63
+    with pytest.raises(ValueError, match="at least 63x63"):
+        make_backbone("alexnet", _image(3, 62, 100))
+
+
+def test_resnet_first_conv_adapts():
+    module, _ = make_backbone("resnet18", _image(4, 32, 32))
+    assert module.conv1.in_channels == 4 and module.conv1.kernel_size == (3, 3)
+    assert isinstance(module.maxpool, nn.Identity)
+    module, _ = make_backbone("resnet18", _image(1, 96, 96))
+    assert module.conv1.in_channels == 1 and module.conv1.kernel_size == (7, 7)
+
+
+def test_image_backbones_reject_tabular():
+    for name in ("convnet", "alexnet", "resnet18"):
+        with pytest.raises(ValueError, match="needs images"):
+            make_backbone(name, InputInfo("tabular", (10,), 3))
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="valid names are 'auto', 'mlp', 'convnet'"):
+        make_backbone("vgg", InputInfo("tabular", (3,), 1))
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        make_backbone(3, InputInfo("tabular", (3,), 1))
+    assert set(BACKBONE_NAMES) == {"auto", "mlp", "convnet", "alexnet", "resnet18", "resnet50"}
+
+
+def test_user_module_dim_inferred_copied_and_modes_restored():
+    user = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Dropout(), nn.Linear(32, 17)
+    )
+    user.train()
+    user[3].eval()  # a deliberately mixed state must survive
+    running_mean = user[2].running_mean.clone()
+    module, dim = make_backbone(user, _image(1, 8, 8))
+    assert dim == 17
+    assert module is not user  # training the result never touches the user's
+    assert module.training and not module[3].training
+    assert user.training and not user[3].training
+    torch.testing.assert_close(module[2].running_mean, running_mean)  # eval-mode probe
+    before = user[1].weight.clone()
+    with torch.no_grad():
+        module[1].weight.add_(1)
+    torch.testing.assert_close(user[1].weight, before)
+
+
+def test_user_module_bad_output():
+    with pytest.raises(ValueError, match="2-D tensor"):
+        make_backbone(nn.Identity(), _image(1, 8, 8))  # returns 4-D
+    with pytest.raises(ValueError, match="failed on a dummy batch"):
+        make_backbone(nn.Linear(5, 3), InputInfo("tabular", (4,), 2))
+
+    class TupleOut(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    with pytest.raises(ValueError, match="2-D tensor"):
+        make_backbone(TupleOut(), InputInfo("tabular", (4,), 2))
+
+
+def test_multi_head_net():
+    backbone, dim = make_backbone("mlp", InputInfo("tabular", (10,), 5))
+    net = MultiHeadNet(backbone, dim, [3, 5, 7])
+    assert len(net.heads) == 3 and net.n_clusters == [3, 5, 7]
+    x = torch.rand(4, 10)
+    logits = net(x)
+    assert isinstance(logits, tuple)
+    assert [tuple(l.shape) for l in logits] == [(4, 3), (4, 5), (4, 7)]
+    assert net.features(x).shape == (4, dim)
+    net.eval()
+    with torch.no_grad():
+        feats = net.features(x)
+        torch.testing.assert_close(net(x)[1], net.heads[1](feats))
+    assert len(MultiHeadNet(backbone, dim, 4).heads) == 1
+    for bad in ([], [0], [2, -1], [2.5], [True]):
+        with pytest.raises(ValueError, match="n_clusters"):
+            MultiHeadNet(backbone, dim, bad)
