@@ -10,14 +10,17 @@ checkpoints are small skorch callbacks, so each can be swapped or extended.
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import normalized_mutual_info_score
 
+from .distributed import get_process_group, unwrap_module, update_labels_distributed
 from .sinkhorn import sinkhorn_knopp
 
 __all__ = [
@@ -189,23 +192,42 @@ class SelfLabelNet(NeuralNet):
         info : dict
             Time, Sinkhorn iterations, smallest and largest cluster and NMI
             with the previous labelling, each per head (lists).
+
+        Under ``torch.distributed`` with several ranks, each rank labels only
+        its shard of the samples and the labels are then all-gathered (see
+        :func:`sklearn_sela.distributed.update_labels_distributed`).
         """
+        group = get_process_group()
+        if group is not None:
+            return update_labels_distributed(self, dataset, group)
         start = time.perf_counter()
         n = len(self.labels_)
         buffers = [torch.empty((n, k), dtype=torch.float32) for k in self.n_clusters]
         self.log_probas_into(dataset, buffers)
         previous = self.labels_.clone()
-        info = {"sinkhorn_iter": [], "min_size": [], "max_size": [], "nmi_prev": []}
+        info = {
+            "sinkhorn_iter": [],
+            "converged": [],
+            "min_size": [],
+            "max_size": [],
+            "nmi_prev": [],
+        }
         for t, buf in enumerate(buffers):
-            res = sinkhorn_knopp(
-                buf,
-                lam=self.lam,
-                tol=self.sinkhorn_tol,
-                max_iter=self.sinkhorn_max_iter,
-                warm_start=self.log_betas_[t],
-                assign=self.assign,
-                inplace=True,
-            )
+            # Non-convergence is recorded per update (info["converged"]) and
+            # reported once at the end of training by SelfLabelling, rather
+            # than as one warning per head and update.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                res = sinkhorn_knopp(
+                    buf,
+                    lam=self.lam,
+                    tol=self.sinkhorn_tol,
+                    max_iter=self.sinkhorn_max_iter,
+                    warm_start=self.log_betas_[t],
+                    assign=self.assign,
+                    inplace=True,
+                )
+            info["converged"].append(bool(res.converged))
             self.labels_[:, t] = res.labels
             self.log_betas_[t] = res.log_beta
             sizes = torch.bincount(res.labels, minlength=self.n_clusters[t])
@@ -249,8 +271,29 @@ class SelfLabelling(Callback):
                 f"epoch {epoch}] {info['time']:.1f}s, sinkhorn iter "
                 f"{info['sinkhorn_iter'][0]}, cluster sizes "
                 f"{info['min_size'][0]}-{info['max_size'][0]}, NMI vs previous "
-                f"{info['nmi_prev'][0]:.3f}" + (f" (head 0 of {heads})" if heads > 1 else ""),
+                f"{info['nmi_prev'][0]:.3f}"
+                + ("" if all(info.get("converged", [True])) else " (not converged)")
+                + (f" (head 0 of {heads})" if heads > 1 else ""),
                 flush=True,
+            )
+
+    def on_train_end(self, net, **kwargs):
+        solves = [
+            ok
+            for row in net.history
+            if "label_update" in row
+            for ok in row["label_update"].get("converged", [])
+        ]
+        failed = solves.count(False)
+        if failed:
+            warnings.warn(
+                f"{failed} of {len(solves)} Sinkhorn solves during training "
+                f"stopped at sinkhorn_max_iter={net.sinkhorn_max_iter} before "
+                f"reaching sinkhorn_tol={net.sinkhorn_tol} (see the "
+                f"'label_update' entries of the history); labels from them "
+                f"are approximately balanced.",
+                ConvergenceWarning,
+                stacklevel=2,
             )
 
 
@@ -313,7 +356,7 @@ def save_checkpoint(net, dirname):
     os.makedirs(dirname, exist_ok=True)
     state = {
         "epochs_done": len(net.history),
-        "module": net.module_.state_dict(),
+        "module": unwrap_module(net.module_).state_dict(),
         "optimizer": net.optimizer_.state_dict(),
         "labels": net.labels_.clone(),
         "log_betas": [

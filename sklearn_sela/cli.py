@@ -1,0 +1,1215 @@
+"""The ``sela`` command: self-labelling clustering from the shell.
+
+Sub-commands:
+
+``sela demo``
+    Cluster scikit-learn's handwritten digits, compare with k-means, and write
+    a montage of the clusters and a plot of label stability.
+``sela fit PATH``
+    Train on an image folder (any nesting) or a ``.npy``/``.npz`` array and
+    write the self-labels, the model, a montage per head and a summary.
+``sela predict MODEL PATH`` / ``sela transform MODEL PATH``
+    Cluster new data, or extract its features, with a saved model.
+
+Run ``sela --help`` or ``sela COMMAND --help`` for the options. Usage errors
+exit with status 2 (argparse); user errors (missing files, unreadable
+inputs, impossible settings) print one line and exit with status 1; ``--debug``
+shows the full traceback instead.
+
+The module also holds what the command needs to read image folders:
+:func:`find_image_files`, :func:`check_image_files` and :class:`ImageFiles`,
+a lazily loading dataset of image files usable with
+:class:`~sklearn_sela.SelfLabelClusterer` from Python too.
+"""
+
+# Authors: sklearn-sela developers
+# License: BSD 3 clause
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = [
+    "main",
+    "build_parser",
+    "find_image_files",
+    "check_image_files",
+    "ImageFiles",
+    "IMAGE_EXTENSIONS",
+]
+
+#: File name endings (lower case) taken as images when walking a folder.
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+    ".ppm", ".pgm", ".pbm",
+)
+ARRAY_EXTENSIONS = (".npy", ".npz")
+BACKBONES = ("auto", "mlp", "convnet", "alexnet", "resnet18", "resnet50")
+# PIL modes that hold one grey channel; anything else is read as RGB.
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+EPILOG = """\
+examples:
+  sela demo                                   # digits, under a minute
+  sela fit photos/ --clusters 50 --image-size 64 --out run1
+  sela fit data.npy --clusters 10 --heads 5 --epochs 100 --features
+  sela predict run1/model.pt new_photos/ --out run1/new
+  sela transform run1/model.pt new_photos/ --out run1/new
+
+Exit status: 0 on success, 1 on a user error (one-line message on stderr),
+2 on a usage error, 130 when interrupted.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input or settings: reported in one line."""
+
+
+# ---------------------------------------------------------------------------
+# Image folders
+# ---------------------------------------------------------------------------
+
+
+def find_image_files(root, extensions=IMAGE_EXTENSIONS):
+    """List the image files under a folder, at any depth, in sorted order.
+
+    Hidden files and folders (names starting with ``"."``, such as macOS's
+    ``._photo.jpg`` resource forks) are skipped; symbolic links to folders
+    are not followed (they could loop). Whether the files really are images
+    is checked by :func:`check_image_files`.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Folder to walk. An ``ImageFolder`` layout (one sub-folder per class)
+        works, but any nesting does.
+    extensions : tuple of str, default=IMAGE_EXTENSIONS
+        Lower-case file name endings taken as images.
+
+    Returns
+    -------
+    paths : list of str
+        ``os.path.join(root, ...)`` for every image file, sorted by path, so
+        the order (and hence the rows of ``labels.csv``) is reproducible.
+    """
+    root = os.fspath(root)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(extensions):
+                found.append(os.path.join(dirpath, name))
+    # os.walk lists a folder's files before its sub-folders; sort the paths
+    # as a whole so the order does not depend on the walk.
+    return sorted(found)
+
+
+def _check_one(path, full):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            # verify() checks the file structure (and PNG checksums) without
+            # decoding; the image object is unusable afterwards.
+            im.verify()
+        if not full:
+            with Image.open(path) as im:
+                return path, None, im.size, im.mode
+        with Image.open(path) as im:
+            # verify() misses truncated JPEG data; a full decode catches it.
+            im.load()
+            return path, None, im.size, im.mode
+    except Exception as exc:  # PIL raises many types for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return path, f"{type(exc).__name__}: {reason}".rstrip(": "), None, None
+
+
+def check_image_files(paths, *, full=True, n_jobs=1, progress=False):
+    """Open every image file once and sort out those that cannot be read.
+
+    Parameters
+    ----------
+    paths : list of str
+        Image files, e.g. from :func:`find_image_files`.
+    full : bool, default=True
+        Decode each image completely (catches truncated files, costs about one
+        training epoch of decoding). When False only :meth:`PIL.Image.Image.verify`
+        and the header are checked.
+    n_jobs : int, default=1
+        Threads reading files in parallel (decoding releases the GIL).
+    progress : bool, default=False
+        Show a progress bar on stderr.
+
+    Returns
+    -------
+    good : list of str
+        Readable files, in the input order.
+    skipped : list of (str, str)
+        ``(path, reason)`` for each unreadable file.
+    sizes : list of (int, int)
+        ``(width, height)`` of each good file.
+    modes : list of str
+        PIL mode of each good file (``"L"``, ``"RGB"``, ...).
+    """
+    from tqdm.auto import tqdm
+
+    good, skipped, sizes, modes = [], [], [], []
+
+    def results(pool):
+        # Executor.map submits every task at once; in slices, a folder of a
+        # million files does not hold a million futures.
+        step = 4096
+        for start in range(0, len(paths), step):
+            yield from pool.map(lambda p: _check_one(p, full), paths[start : start + step])
+
+    with ThreadPoolExecutor(max_workers=max(1, int(n_jobs))) as pool:
+        for path, error, size, mode in tqdm(
+            results(pool), total=len(paths), desc="checking images", unit="img",
+            disable=None if progress else True, file=sys.stderr, leave=False,
+        ):
+            if error is None:
+                good.append(path)
+                sizes.append(tuple(size))
+                modes.append(mode)
+            else:
+                skipped.append((path, error))
+    return good, skipped, sizes, modes
+
+
+class ImageFiles:
+    """Map-style dataset of image files, each opened with PIL when accessed.
+
+    Only the list of paths is held in memory, so folders of any size stream
+    from disk; the dataset pickles cheaply for DataLoader workers. Pass it to
+    :meth:`SelfLabelClusterer.fit <sklearn_sela.SelfLabelClusterer.fit>`
+    (with ``image_size`` when the images differ in size), ``predict`` or
+    ``transform``.
+
+    Parameters
+    ----------
+    paths : list of str
+        Image files (see :func:`find_image_files`).
+    mode : {"RGB", "L"}, default="RGB"
+        Colour mode every image is converted to, so that all items have the
+        same number of channels.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> from sklearn_sela.cli import ImageFiles, find_image_files
+    >>> root = tempfile.mkdtemp()
+    >>> Image.new("RGB", (12, 10)).save(os.path.join(root, "a.png"))
+    >>> ds = ImageFiles(find_image_files(root))
+    >>> len(ds), ds[0].size
+    (1, (12, 10))
+    """
+
+    def __init__(self, paths, mode="RGB"):
+        if mode not in ("RGB", "L"):
+            raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}.")
+        self.paths = list(paths)
+        self.mode = mode
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        path = self.paths[int(index)]
+        try:
+            with Image.open(path) as im:
+                if self.mode == "L" and im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                    # High bit depth grey: keep it, sklearn_sela.data scales it
+                    # properly (convert("L") would clip).
+                    im.load()
+                    return im.copy()
+                return im.convert(self.mode)
+        except OSError as exc:
+            raise OSError(f"cannot read image {path!r}: {exc}") from exc
+
+
+def _folder_mode(modes):
+    return "L" if all(m in _GRAY_MODES for m in modes) else "RGB"
+
+
+# ---------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------
+
+
+class _Input:
+    """What a PATH argument resolved to."""
+
+    def __init__(self, data, ids, id_name, kind, *, skipped=(), sizes=(), n_found=None):
+        self.data = data          # array or ImageFiles
+        self.ids = ids            # first column of the csv outputs
+        self.id_name = id_name    # "path" or "index"
+        self.kind = kind          # "folder", "image", "array"
+        self.skipped = list(skipped)
+        self.sizes = list(sizes)  # (width, height) per image file
+        self.n_found = n_found
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def _load_array(path, key):
+    try:
+        if path.lower().endswith(".npy"):
+            if key is not None:
+                raise UserError(f"--key only applies to .npz files, not {path!r}.")
+            # Memory-mapped: batches are read from disk as needed.
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                if not keys:
+                    raise UserError(f"{path!r} holds no arrays.")
+                if key is None:
+                    if len(keys) == 1:
+                        key = keys[0]
+                    elif "X" in keys:
+                        key = "X"
+                    else:
+                        raise UserError(
+                            f"{path!r} holds several arrays ({', '.join(keys)}); "
+                            "choose one with --key NAME."
+                        )
+                if key not in keys:
+                    raise UserError(
+                        f"{path!r} has no array named {key!r}; it holds "
+                        f"{', '.join(keys)}."
+                    )
+                arr = archive[key]
+    except UserError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read array file {path!r}: {exc}") from exc
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise UserError(
+            f"{path!r} holds an array of dtype {arr.dtype}; a numeric array is needed."
+        )
+    if arr.ndim not in (2, 3, 4):
+        raise UserError(
+            f"{path!r} holds an array of shape {arr.shape}; expected (N, D) "
+            "features or (N, H, W), (N, H, W, C), (N, C, H, W) images."
+        )
+    return arr
+
+
+def _report_skipped(skipped, quiet):
+    if not skipped:
+        return
+    lines = [f"sela: skipped {len(skipped)} unreadable image file(s):"]
+    shown = skipped[:20]
+    lines += [f"  {p}: {why}" for p, why in shown]
+    if len(skipped) > len(shown):
+        lines.append(f"  ... and {len(skipped) - len(shown)} more (see the summary)")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _load_input(path, args, channels=None):
+    """Resolve a PATH argument to an array or an :class:`ImageFiles`.
+
+    ``channels`` (1 or 3) forces the colour mode of image files, to match a
+    fitted model; otherwise grey when every image is grey, else RGB.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UserError(f"{path!r} does not exist.")
+    quiet = getattr(args, "quiet", False)
+    if os.path.isdir(path):
+        found = find_image_files(path)
+        if not found:
+            raise UserError(
+                f"no image files found in folder {path!r} (looked for "
+                f"{', '.join(IMAGE_EXTENSIONS)} at any depth)."
+            )
+        kind, files = "folder", found
+    elif path.lower().endswith(ARRAY_EXTENSIONS):
+        arr = _load_array(path, getattr(args, "key", None))
+        return _Input(arr, list(range(arr.shape[0])), "index", "array")
+    elif path.lower().endswith(IMAGE_EXTENSIONS):
+        kind, files = "image", [path]
+    else:
+        raise UserError(
+            f"{path!r} is neither a folder, an image file nor a .npy/.npz "
+            "array file."
+        )
+    if getattr(args, "key", None) is not None:
+        raise UserError("--key only applies to .npz files.")
+    check = getattr(args, "check", "full")
+    if check == "none":
+        good, skipped, sizes, modes = files, [], [], []
+    else:
+        good, skipped, sizes, modes = check_image_files(
+            files,
+            full=check == "full",
+            n_jobs=max(1, getattr(args, "workers", 0) or 0, min(4, os.cpu_count() or 1)),
+            progress=not quiet,
+        )
+    _report_skipped(skipped, quiet)
+    if not good:
+        raise UserError(
+            f"none of the {len(files)} image file(s) in {path!r} could be read."
+        )
+    if channels is not None:
+        mode = "L" if channels == 1 else "RGB"
+    elif modes:
+        mode = _folder_mode(modes)
+    else:
+        from PIL import Image
+
+        with Image.open(good[0]) as im:
+            mode = _folder_mode([im.mode])
+    return _Input(
+        ImageFiles(good, mode), good, "path", kind,
+        skipped=skipped, sizes=sizes, n_found=len(files),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Training helpers
+# ---------------------------------------------------------------------------
+
+
+def _make_epoch_bar(disable):
+    """A skorch callback showing one progress bar over the training epochs."""
+    from skorch.callbacks import Callback
+    from tqdm.auto import tqdm
+
+    class EpochProgress(Callback):
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, net, X=None, y=None, **kwargs):
+            done = len(net.history)
+            self.bar = tqdm(
+                total=net.max_epochs, initial=done, desc="training", unit="epoch",
+                # None: off when stderr is not a terminal (CI logs, pipes).
+                disable=True if disable else None, file=sys.stderr, dynamic_ncols=True,
+            )
+
+        def on_epoch_end(self, net, **kwargs):
+            if self.bar is None:
+                return
+            row = net.history[-1]
+            post = {}
+            if "train_loss" in row:
+                post["loss"] = f"{row['train_loss']:.3f}"
+            updates = [r for r in net.history if "label_update" in r]
+            if updates:
+                post["nmi_prev"] = f"{updates[-1]['label_update']['nmi_prev'][0]:.3f}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.update(1)
+
+        def on_train_end(self, net, X=None, y=None, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+        def __getstate__(self):
+            state = dict(self.__dict__)
+            state["bar"] = None  # tqdm objects do not pickle
+            return state
+
+    return EpochProgress()
+
+
+class _WarningCounter:
+    """Count Sinkhorn convergence warnings instead of printing each one."""
+
+    def __init__(self):
+        self.convergence = 0
+        self._show = None
+
+    def __enter__(self):
+        from sklearn.exceptions import ConvergenceWarning
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("always", ConvergenceWarning)
+        self._show = warnings.showwarning
+
+        def show(message, category, *rest, **kw):
+            if issubclass(category, ConvergenceWarning):
+                self.convergence += 1
+            else:
+                self._show(message, category, *rest, **kw)
+
+        warnings.showwarning = show
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        return False
+
+
+def _check_device(device):
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise UserError(f"invalid --device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(
+            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) found."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available on this machine.")
+
+
+def _setup_torch(args):
+    import torch
+
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    if hasattr(args, "device"):
+        _check_device(args.device)
+
+
+def _chunks(n, batch_size, target=50):
+    """Slices covering ``range(n)``, about ``target`` of them, batch aligned."""
+    size = max(batch_size, math.ceil(n / target / batch_size) * batch_size)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _subset(data, sl):
+    if isinstance(data, ImageFiles):
+        return ImageFiles(data.paths[sl], data.mode)
+    return data[sl]
+
+
+def _infer(est, data, what, quiet, desc):
+    """Per-head probabilities or features of ``data``, chunked for a progress bar."""
+    from tqdm.auto import tqdm
+
+    parts = []
+    for sl in tqdm(
+        _chunks(len(data), est.net_.batch_size), desc=desc, unit="chunk",
+        disable=True if quiet else None, file=sys.stderr, leave=False,
+    ):
+        chunk = _subset(data, sl)
+        if what == "features":
+            parts.append(est.transform(chunk))
+        else:
+            parts.append(
+                [est.predict_proba(chunk, head=t) for t in range(len(est.n_clusters_))]
+            )
+    if what == "features":
+        return np.concatenate(parts)
+    return [np.concatenate([p[t] for p in parts]) for t in range(len(parts[0]))]
+
+
+def _write_labels_csv(path, ids, id_name, labels):
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([id_name] + [f"label_{t}" for t in range(labels.shape[1])])
+        for ident, row in zip(ids, labels.tolist()):
+            writer.writerow([ident] + row)
+
+
+def _montage_images(inp, est):
+    """Indexable images for the montage, or None for tabular data."""
+    if isinstance(inp.data, ImageFiles):
+        return inp.data
+    if est.input_info_.kind != "image":
+        return None
+    from .data import as_dataset
+
+    ds, _ = as_dataset(inp.data)
+    return ds
+
+
+def _label_update_records(history):
+    out = []
+    for row in history:
+        if "label_update" in row:
+            info = row["label_update"]
+            out.append({
+                "epoch": int(row["epoch"]) - 1,
+                "time_s": round(float(info["time"]), 4),
+                "sinkhorn_iter": [int(i) for i in info["sinkhorn_iter"]],
+                "min_size": [int(i) for i in info["min_size"]],
+                "max_size": [int(i) for i in info["max_size"]],
+                "nmi_prev": [round(float(v), 6) for v in info["nmi_prev"]],
+            })
+    return out
+
+
+def _folder_classes(paths, root):
+    """Top-level sub-folder of each path under ``root`` (ImageFolder classes)."""
+    out = []
+    for p in paths:
+        rel = os.path.relpath(p, root)
+        parts = rel.split(os.sep)
+        out.append(parts[0] if len(parts) > 1 else "")
+    return out
+
+
+def _parse_image_size(text):
+    try:
+        if "x" in text.lower():
+            h, w = text.lower().split("x")
+            size = (int(h), int(w))
+        else:
+            size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid image size {text!r}: use S (square) or HxW, e.g. 64 or 48x64"
+        ) from None
+    if min(size if isinstance(size, tuple) else (size,)) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return size
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _batch_size(text):
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("must be >= 2 (batch normalisation needs 2 samples)")
+    return value
+
+
+def _nonneg_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _int_or_auto(minimum):
+    def parse(text):
+        if text == "auto":
+            return "auto"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer or 'auto', got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _out_dir(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {path!r}: {exc.strerror or exc}") from exc
+    return path
+
+
+def _say(args, message):
+    if not getattr(args, "quiet", False):
+        print(message, flush=True)
+
+
+def _write_json(path, obj):
+    with open(path, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
+
+def cmd_demo(args):
+    """``sela demo``: digits, SeLa next to k-means, montage and NMI plot."""
+    from sklearn.cluster import KMeans
+    from sklearn.datasets import load_digits
+
+    from .clusterer import SelfLabelClusterer
+    from .metrics import TrueLabelNMI, clustering_scores
+    from .plotting import plot_cluster_montage, plot_label_nmi
+
+    out = _out_dir(args.out)
+    digits = load_digits()
+    # Pixels scaled to [0, 1]: the 64 grey levels as tabular features (an MLP
+    # trains in seconds; the 8x8 images are too small for a conv net to gain).
+    X, y = digits.data / 16.0, digits.target
+    epochs = args.epochs if args.epochs is not None else (2 if args.quick else "auto")
+    _say(args, f"sela demo: {X.shape[0]} handwritten digits (8x8 pixels), 10 classes")
+
+    t0 = time.perf_counter()
+    km = KMeans(n_clusters=10, n_init=1 if args.quick else 10, random_state=args.seed).fit(X)
+    t_km = time.perf_counter() - t0
+
+    est = SelfLabelClusterer(
+        n_clusters=10,
+        n_heads=args.heads,
+        max_epochs=epochs,
+        device=args.device,
+        callbacks=[TrueLabelNMI(y), _make_epoch_bar(disable=args.quiet)],
+        random_state=args.seed,
+    )
+    t0 = time.perf_counter()
+    with _WarningCounter():
+        est.fit(X)
+    t_sela = time.perf_counter() - t0
+
+    rows = [
+        (f"KMeans (k=10, n_init={km.n_init})", clustering_scores(y, km.labels_), t_km),
+        (
+            f"SeLa [10 x {args.heads}], {est.n_epochs_} epochs",
+            clustering_scores(y, est.labels_),
+            t_sela,
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'method':<{width}}    ACC    NMI    ARI   time")
+    for name, s, secs in rows:
+        print(f"{name:<{width}}  {s['acc']:.3f}  {s['nmi']:.3f}  {s['ari']:.3f}  {secs:5.1f}s")
+
+    montage = os.path.join(out, "digits_montage.png")
+    plot_cluster_montage(
+        digits.images, est.labels_, n_per_cluster=12, random_state=args.seed,
+        title="SeLa clusters of the digits (random members per cluster)", path=montage,
+    )
+    nmi = os.path.join(out, "digits_label_nmi.png")
+    plot_label_nmi(est.history_, title="Digits: NMI of the self-labels over training", path=nmi)
+    print(f"wrote {montage}")
+    print(f"wrote {nmi}")
+    return 0
+
+
+def _estimator_from_args(args, callbacks, checkpoint_dir):
+    from .clusterer import SelfLabelClusterer
+
+    clusters = args.clusters[0] if len(args.clusters) == 1 else list(args.clusters)
+    return SelfLabelClusterer(
+        n_clusters=clusters,
+        n_heads=args.heads,
+        backbone=args.backbone,
+        augment=None if args.no_augment else "auto",
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        n_label_updates=args.label_updates,
+        lam=args.lam,
+        assign=args.assign,
+        image_size=args.image_size,
+        device=args.device,
+        num_workers=args.workers,
+        callbacks=callbacks,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        random_state=args.seed,
+    )
+
+
+def cmd_fit(args):
+    """``sela fit``: train on a folder or array; write labels, model, summary."""
+    from . import __version__
+    from .persistence import _params_to_json, save_model
+    from .plotting import plot_cluster_montage, plot_label_nmi
+    from .training import CHECKPOINT_FILE
+
+    start = time.perf_counter()
+    out = _out_dir(args.out)
+    ckpt_dir = None
+    if args.checkpoint or args.resume:
+        ckpt_dir = args.checkpoint_dir or os.path.join(out, "checkpoint")
+        exists = os.path.exists(os.path.join(ckpt_dir, CHECKPOINT_FILE))
+        if args.resume and not exists:
+            raise UserError(
+                f"--resume: no checkpoint in {ckpt_dir!r} (was the first run "
+                "started with --checkpoint and the same --out?)."
+            )
+        if not args.resume and exists:
+            raise UserError(
+                f"{ckpt_dir!r} already holds a checkpoint; add --resume to "
+                "continue that run, or delete the folder to start afresh."
+            )
+
+    inp = _load_input(args.path, args)
+    t_check = time.perf_counter() - start
+    if inp.kind in ("folder", "image") and args.image_size is None:
+        distinct = sorted(set(inp.sizes))
+        if len(distinct) > 1:
+            counts = {s: inp.sizes.count(s) for s in distinct}
+            common = max(counts, key=counts.get)
+            raise UserError(
+                f"the {len(inp)} images have {len(distinct)} different sizes "
+                f"(most common {common[1]}x{common[0]}, height x width); pass "
+                "--image-size, e.g. --image-size 64, to resize them."
+            )
+    _say(args, f"sela fit: {len(inp)} samples from {args.path}"
+               + (f" ({len(inp.skipped)} unreadable file(s) skipped)" if inp.skipped else ""))
+
+    est = _estimator_from_args(args, [_make_epoch_bar(disable=args.quiet)], ckpt_dir)
+    t0 = time.perf_counter()
+    with _WarningCounter() as counter:
+        est.fit(inp.data)
+    t_fit = time.perf_counter() - t0
+
+    outputs = {}
+    labels_csv = os.path.join(out, "labels.csv")
+    _write_labels_csv(labels_csv, inp.ids, inp.id_name, est.labels_all_)
+    outputs["labels"] = labels_csv
+    model_path = os.path.join(out, "model.pt")
+    save_model(est, model_path)
+    outputs["model"] = model_path
+    if args.features:
+        feats = _infer(est, inp.data, "features", args.quiet, "features")
+        outputs["features"] = os.path.join(out, "features.npy")
+        np.save(outputs["features"], feats)
+
+    images = _montage_images(inp, est)
+    if images is not None:
+        for t, k in enumerate(est.n_clusters_):
+            path = os.path.join(out, f"montage_head{t}.png")
+            plot_cluster_montage(
+                images, est.labels_all_[:, t], n_per_cluster=args.montage_cols,
+                max_clusters=args.montage_rows, random_state=0,
+                title=f"Head {t}: {k} clusters", path=path,
+            )
+            outputs[f"montage_head{t}"] = path
+    updates = _label_update_records(est.history_)
+    if updates:
+        outputs["label_nmi_plot"] = os.path.join(out, "label_nmi.png")
+        plot_label_nmi(est.history_, path=outputs["label_nmi_plot"])
+
+    heads = []
+    for t, k in enumerate(est.n_clusters_):
+        sizes = np.bincount(est.labels_all_[:, t], minlength=k)
+        heads.append({
+            "head": t,
+            "n_clusters": int(k),
+            "cluster_sizes": sizes.tolist(),
+            "min_size": int(sizes.min()),
+            "max_size": int(sizes.max()),
+        })
+    if args.score_folders and inp.kind == "folder":
+        from .metrics import clustering_scores
+
+        classes = _folder_classes(inp.ids, args.path)
+        if len(set(classes)) > 1:
+            for t, h in enumerate(heads):
+                h["scores_vs_folders"] = clustering_scores(classes, est.labels_all_[:, t])
+    summary = {
+        "command": "sela " + " ".join(shlex.quote(a) for a in args.argv),
+        "library_version": __version__,
+        "input": {
+            "path": args.path,
+            "kind": inp.kind,
+            "files_found": inp.n_found,
+            "n_samples": len(inp),
+            "sample_kind": est.input_info_.kind,
+            "sample_shape": list(est.input_info_.sample_shape),
+            "skipped": [{"path": p, "reason": why} for p, why in inp.skipped],
+        },
+        "parameters": json.loads(_params_to_json(est)),
+        "seed": int(est.net_.label_seed),
+        "device": str(est.net_.device),
+        "n_epochs": int(est.n_epochs_),
+        "time_s": {
+            "reading": round(t_check, 3),
+            "fit": round(t_fit, 3),
+            "total": round(time.perf_counter() - start, 3),
+        },
+        "heads": heads,
+        "label_updates": updates,
+        "sinkhorn_not_converged": counter.convergence,
+        "outputs": {k: os.path.relpath(v, out) for k, v in outputs.items()},
+    }
+    summary_path = os.path.join(out, "summary.json")
+    _write_json(summary_path, summary)
+    _say(args, f"trained {est.n_epochs_} epochs in {t_fit:.1f}s; cluster sizes "
+               + "; ".join(f"head {h['head']}: {h['min_size']}-{h['max_size']}" for h in heads))
+    if counter.convergence:
+        _say(args, f"note: {counter.convergence} Sinkhorn solve(s) stopped at the "
+                   "iteration limit before the tolerance (counted in the summary).")
+    for path in list(outputs.values()) + [summary_path]:
+        _say(args, f"wrote {path}")
+    return 0
+
+
+def _load_for_inference(args):
+    from .persistence import ModelFileError, load_model
+
+    try:
+        return load_model(
+            args.model, device=args.device, batch_size=args.batch_size,
+            num_workers=args.workers,
+        )
+    except ModelFileError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _load_for_model(est, args):
+    info = est.input_info_
+    channels = info.sample_shape[0] if info.kind == "image" else None
+    inp = _load_input(args.path, args, channels=channels)
+    _check_kind(est, inp, args.model)
+    return inp
+
+
+def _check_kind(est, inp, model_path):
+    info = est.input_info_
+    if info.kind == "tabular" and inp.kind != "array":
+        raise UserError(
+            f"the model {model_path!r} was trained on tabular data "
+            f"({info.sample_shape[0]} features); give a .npy/.npz array, not images."
+        )
+
+
+def cmd_predict(args):
+    """``sela predict``: cluster labels (and probabilities) of new data."""
+    out = _out_dir(args.out)
+    est = _load_for_inference(args)
+    inp = _load_for_model(est, args)
+    probas = _infer(est, inp.data, "probas", args.quiet, "predicting")
+    labels = np.stack([p.argmax(axis=1) for p in probas], axis=1)
+    path = os.path.join(out, "predictions.csv")
+    _write_labels_csv(path, inp.ids, inp.id_name, labels)
+    written = [path]
+    if args.proba:
+        for t, p in enumerate(probas):
+            ppath = os.path.join(out, f"probabilities_head{t}.npy")
+            np.save(ppath, p.astype(np.float32))
+            written.append(ppath)
+    for p in written:
+        _say(args, f"wrote {p}")
+    return 0
+
+
+def cmd_transform(args):
+    """``sela transform``: backbone features of new data."""
+    out = _out_dir(args.out)
+    est = _load_for_inference(args)
+    inp = _load_for_model(est, args)
+    feats = _infer(est, inp.data, "features", args.quiet, "features")
+    path = os.path.join(out, "features.npy")
+    np.save(path, feats)
+    written = [path]
+    if inp.id_name == "path":
+        index = os.path.join(out, "features_index.csv")
+        with open(index, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["row", "path"])
+            writer.writerows(enumerate(inp.ids))
+        written.append(index)
+    for p in written:
+        _say(args, f"wrote {p}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------
+
+
+def _paragraphs(*texts):
+    """Wrap each paragraph for the raw description formatter."""
+    import textwrap
+
+    return "\n\n".join(textwrap.fill(t, width=79) for t in texts)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep paragraph breaks; append defaults that say something."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and default is not None
+            and default is not False
+            and default is not argparse.SUPPRESS
+            and action.option_strings
+        ):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            text += f" (default: {shown})"
+        return text
+
+
+def _common(parser, *, device=True, reading=True):
+    g = parser.add_argument_group("runtime")
+    if device:
+        g.add_argument("--device", default="auto",
+                       help="torch device: auto (CUDA when available), cpu, cuda, cuda:1, ...")
+        g.add_argument("--workers", type=_nonneg_int, default=0, metavar="N",
+                       help="DataLoader worker processes for reading samples")
+    g.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's choice); 1 is "
+                        "fastest on a machine busy with other work")
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars or messages, only errors")
+    g.add_argument("--debug", action="store_true",
+                   help="show the full traceback on errors")
+    if reading:
+        r = parser.add_argument_group("reading the input")
+        r.add_argument("--key", default=None, metavar="NAME",
+                       help="array to use from a .npz file (default: its only "
+                            "array, or the one named X)")
+        r.add_argument("--check", choices=("full", "header", "none"), default="full",
+                       help="how image files are checked up front: 'full' decodes "
+                            "each one, 'header' only verifies the file structure; "
+                            "unreadable files are skipped and reported")
+
+
+def build_parser():
+    """Build the ``sela`` argument parser.
+
+    Returns
+    -------
+    parser : argparse.ArgumentParser
+        Parses the command line into a namespace whose ``func`` runs the
+        chosen sub-command.
+    """
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sela",
+        description=_paragraphs(
+            "Self-labelling clustering and representation learning (SeLa, "
+            "Asano, Rupprecht & Vedaldi, ICLR 2020): trains a network with "
+            "cross-entropy on cluster labels that it assigns itself, under an "
+            "equal-size constraint solved by Sinkhorn-Knopp.",
+            "Run 'sela COMMAND --help' for the options of a command.",
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # -- demo ---------------------------------------------------------------
+    p = sub.add_parser(
+        "demo", formatter_class=_Formatter,
+        help="cluster scikit-learn's digits and compare with k-means",
+        description=_paragraphs(
+            "Cluster scikit-learn's 1,797 handwritten digits with SeLa and with "
+            "KMeans, and print ACC (accuracy after matching clusters to digits), "
+            "NMI and ARI against the true digits.",
+            "Writes into --out: digits_montage.png (one row of random members "
+            "per cluster) and digits_label_nmi.png (NMI between consecutive "
+            "self-labellings, and with the true digits, over training). Takes "
+            "under a minute on two idle CPU cores (up to three on a busy "
+            "machine; --threads 1 helps there); needs no download.",
+        ),
+    )
+    p.add_argument("--out", default=".", metavar="DIR", help="folder for the PNG files")
+    p.add_argument("--quick", action="store_true",
+                   help="2 epochs only (a smoke test; the clusters will be poor)")
+    p.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+                   help="training epochs (default: the estimator's 'auto', 200 here)")
+    p.add_argument("--heads", type=_positive_int, default=1, metavar="T",
+                   help="clustering heads T; labels are reported for head 0")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
+    _common(p, reading=False)
+    p.set_defaults(func=cmd_demo)
+
+    # -- fit ----------------------------------------------------------------
+    p = sub.add_parser(
+        "fit", formatter_class=_Formatter,
+        help="train on an image folder or a .npy/.npz array",
+        description=_paragraphs(
+            "Train SeLa on PATH: a folder of images (searched at any depth for "
+            f"{', '.join(IMAGE_EXTENSIONS)}; class sub-folders are allowed "
+            "but not needed), a single image, or a .npy/.npz array of shape "
+            "(N, D) features or (N, H, W), (N, H, W, C), (N, C, H, W) images. "
+            "Unreadable image files are skipped and reported; images of "
+            "different sizes need --image-size.",
+            "Writes into --out: labels.csv (file path, or row index for "
+            "arrays, then one label column per head), model.pt (weights and "
+            "plain parameters, loaded without running code), montage_headT.png "
+            "per head (images only), label_nmi.png, features.npy (with "
+            "--features) and summary.json (parameters, times, cluster sizes, "
+            "Sinkhorn iterations per label update, skipped files)."
+        ),
+    )
+    p.add_argument("path", metavar="PATH", help="image folder, image file, or .npy/.npz file")
+    m = p.add_argument_group("model")
+    m.add_argument("-k", "--clusters", type=_positive_int, nargs="+", default=[10],
+                   metavar="K", help="clusters per head: one K for all heads, or one per head")
+    m.add_argument("-t", "--heads", type=_positive_int, default=1, metavar="T",
+                   help="number of clustering heads T (ignored when several K are given)")
+    m.add_argument("--backbone", choices=BACKBONES, default="auto",
+                   help="network: auto = MLP for features, conv net for images "
+                        "under 64 px, AlexNet from 64 px")
+    m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
+                   help="resize images to S x S or H x W pixels (needed when "
+                        "the images differ in size)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=_int_or_auto(1), default="auto", metavar="N|auto",
+                   help="training epochs, or auto (about 400k sample visits, 20-200 epochs)")
+    t.add_argument("--batch-size", type=_batch_size, default=256, metavar="N",
+                   help="mini-batch size")
+    t.add_argument("--lr", type=_positive_float, default=0.05, metavar="LR", help="initial SGD learning rate")
+    t.add_argument("--label-updates", type=_int_or_auto(0), default="auto", metavar="M|auto",
+                   help="number of self-labelling (Sinkhorn) steps; auto = half the epochs")
+    t.add_argument("--lam", type=_positive_float, default=25.0, metavar="LAMBDA", help="Sinkhorn lambda")
+    t.add_argument("--assign", choices=("argmax", "balanced"), default="argmax",
+                   help="labels from the transport plan by argmax, or as an exact equipartition")
+    t.add_argument("--no-augment", action="store_true", help="train without data augmentation")
+    t.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="random seed (default: random; the seed used is in summary.json)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=".", metavar="DIR", help="output folder (created if missing)")
+    o.add_argument("--features", action="store_true",
+                   help="also write the backbone features of the training data to features.npy")
+    o.add_argument("--montage-rows", type=_positive_int, default=20, metavar="N",
+                   help="clusters shown per montage (a random subset when there are more)")
+    o.add_argument("--montage-cols", type=_positive_int, default=10, metavar="N",
+                   help="images per cluster in the montages")
+    o.add_argument("--score-folders", action="store_true",
+                   help="with class sub-folders (ImageFolder layout): report "
+                        "ACC/NMI/ARI against the folder names in summary.json")
+    c = p.add_argument_group("checkpoints")
+    c.add_argument("--checkpoint", action="store_true",
+                   help="save the training state after every --checkpoint-every "
+                        "epochs, to resume an interrupted run")
+    c.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
+                   help="epochs between checkpoints")
+    c.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="checkpoint folder (default: OUT/checkpoint)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue the run saved in the checkpoint folder (give the same options)")
+    _common(p)
+    p.set_defaults(func=cmd_fit)
+
+    # -- predict / transform --------------------------------------------------
+    for name, func, text, extra in (
+        ("predict", cmd_predict,
+         "cluster new data with a saved model",
+         "Writes predictions.csv (file path or row index, then one label "
+         "column per head) into --out; with --proba also "
+         "probabilities_headT.npy."),
+        ("transform", cmd_transform,
+         "extract backbone features of new data with a saved model",
+         "Writes features.npy (one row per sample, float32) and, for images, "
+         "features_index.csv (row -> file path) into --out."),
+    ):
+        p = sub.add_parser(
+            name, formatter_class=_Formatter, help=text,
+            description=_paragraphs(
+                f"{text[0].upper() + text[1:]}. MODEL is a model.pt written by "
+                "'sela fit'; PATH is an image folder, an image file, or a "
+                ".npy/.npz array shaped like the training data (folder images "
+                "are resized to the training size).",
+                extra,
+            ),
+        )
+        p.add_argument("model", metavar="MODEL", help="model file written by 'sela fit'")
+        p.add_argument("path", metavar="PATH", help="image folder, image file, or .npy/.npz file")
+        p.add_argument("--out", default=".", metavar="DIR", help="output folder (created if missing)")
+        p.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                       help="inference batch size (default: the training batch size)")
+        if name == "predict":
+            p.add_argument("--proba", action="store_true",
+                           help="also write the cluster probabilities of each head")
+        _common(p)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``sela`` command.
+
+    Parameters
+    ----------
+    argv : list of str, default=None
+        Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns
+    -------
+    status : int
+        0 on success, 1 on a user error, 2 on a usage error, 130 when
+        interrupted.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.argv = argv
+    try:
+        _setup_torch(args)
+        return args.func(args)
+    except KeyboardInterrupt:
+        hint = ""
+        if getattr(args, "checkpoint", False) or getattr(args, "resume", False):
+            hint = "; run the same command with --resume to continue"
+        print(f"sela: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = _user_message(exc)
+        if message is None:
+            if not args.debug:
+                traceback.print_exc()
+            print("sela: internal error (please report it with the traceback above)",
+                  file=sys.stderr)
+            return 1
+        print(f"sela: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _user_message(exc):
+    """One-line message for errors caused by input or settings, else None."""
+    import torch
+
+    if isinstance(exc, UserError):
+        return str(exc)
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "out of memory on the device; try a smaller --batch-size or --image-size."
+    if isinstance(exc, (ValueError, OSError)):
+        text = " ".join(str(exc).split())
+        return text or type(exc).__name__
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

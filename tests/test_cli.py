@@ -1,0 +1,569 @@
+"""The ``sela`` command, model files, image folders and plotting helpers.
+
+Most tests call :func:`sklearn_sela.cli.main` in-process (one interpreter,
+torch imported once); a few run the installed command as a subprocess to
+check the entry points themselves. Training runs are tiny (a few 12x12
+images, one or two epochs).
+"""
+
+import csv
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sklearn_sela import SelfLabelClusterer
+from sklearn_sela import cli
+from sklearn_sela.cli import (
+    ImageFiles,
+    build_parser,
+    check_image_files,
+    find_image_files,
+    main,
+)
+from sklearn_sela.persistence import ModelFileError, load_model, save_model
+from sklearn_sela.plotting import cluster_montage, plot_cluster_montage, plot_label_nmi
+
+N_GOOD = 36  # readable images in the test folder
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: one thread is as fast, and far faster on a busy machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _png(path, value, size=(12, 12), mode="L"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(value)
+    shape = size[::-1] if mode == "L" else size[::-1] + (3,)
+    base = np.full(shape, 40 * (value % 6), dtype=np.uint8)
+    noise = rng.integers(0, 30, size=shape, dtype=np.uint8)
+    Image.fromarray(base + noise, mode=None).save(path)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """Class sub-folders, nesting, bad files, hidden files, a text file."""
+    root = tmp_path_factory.mktemp("images")
+    for i in range(N_GOOD):
+        sub = f"class{i % 3}" + ("/deeper" if i % 4 == 0 else "")
+        _png(str(root / sub / f"img{i:02d}.png"), i)
+    (root / "broken.png").write_bytes(b"this is not an image")
+    good = (root / "class0" / "img03.png").read_bytes()
+    (root / "class1" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (root / "notes.txt").write_text("not an image")
+    (root / ".hidden").mkdir()
+    _png(str(root / ".hidden" / "x.png"), 1)
+    _png(str(root / "class0" / ".x.png"), 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(folder, tmp_path_factory):
+    """One `sela fit` run on the folder, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("run")
+    status = main([
+        "fit", str(folder), "--clusters", "3", "4", "--epochs", "2",
+        "--batch-size", "16", "--seed", "0", "--out", str(out), "--features",
+        "--score-folders", "-q",
+    ])
+    assert status == 0
+    return out
+
+
+def _run(capsys, *argv):
+    status = main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _assert_user_error(capsys, argv, match):
+    status, out, err = _run(capsys, *argv)
+    assert status == 1, (out, err)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("sela: error:")]
+    assert len(lines) == 1, err
+    assert match in lines[0], lines[0]
+
+
+# -- image folders ----------------------------------------------------------------
+
+
+def test_find_image_files_walks_any_nesting(folder):
+    paths = find_image_files(folder)
+    names = [os.path.relpath(p, folder) for p in paths]
+    assert len(paths) == N_GOOD + 2  # plus broken.png and truncated.png
+    assert names == sorted(names)
+    assert os.path.join("class0", "deeper", "img00.png") in names
+    assert not any(part.startswith(".") for n in names for part in n.split(os.sep))
+    assert not any(n.endswith(".txt") for n in names)
+
+
+def test_find_image_files_extension_case(tmp_path):
+    _png(str(tmp_path / "A.PNG"), 0)
+    assert find_image_files(tmp_path) == [str(tmp_path / "A.PNG")]
+
+
+def test_check_image_files_sorts_out_bad_files(folder):
+    good, skipped, sizes, modes = check_image_files(find_image_files(folder), n_jobs=2)
+    assert len(good) == N_GOOD
+    assert {os.path.basename(p) for p, _ in skipped} == {"broken.png", "truncated.png"}
+    assert all(reason for _, reason in skipped)
+    assert set(sizes) == {(12, 12)} and set(modes) == {"L"}
+    # verify() alone does not decode pixel data; the truncated PNG is still
+    # caught by its structure check.
+    _, skipped_header, _, _ = check_image_files(find_image_files(folder), full=False)
+    assert "broken.png" in {os.path.basename(p) for p, _ in skipped_header}
+
+
+def test_image_files_dataset(folder):
+    paths = [p for p in find_image_files(folder) if "img" in os.path.basename(p)][:3]
+    ds = ImageFiles(paths, mode="RGB")
+    assert len(ds) == 3
+    assert ds[1].mode == "RGB" and ds[1].size == (12, 12)
+    assert ImageFiles(paths, mode="L")[0].mode == "L"
+    clone = pickle.loads(pickle.dumps(ds))  # for DataLoader workers
+    assert clone.paths == ds.paths
+    with pytest.raises(ValueError):
+        ImageFiles(paths, mode="CMYK")
+
+
+# -- sela fit ------------------------------------------------------------------------
+
+
+def test_fit_writes_all_outputs(fitted, folder):
+    names = set(os.listdir(fitted))
+    assert {"labels.csv", "model.pt", "features.npy", "summary.json", "label_nmi.png",
+            "montage_head0.png", "montage_head1.png"} <= names
+    with open(fitted / "labels.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "label_0", "label_1"]
+    assert len(rows) == N_GOOD + 1
+    paths = [r[0] for r in rows[1:]]
+    assert paths == sorted(paths) and all(os.path.isfile(p) for p in paths)
+    assert {int(r[1]) for r in rows[1:]} <= {0, 1, 2}
+    assert {int(r[2]) for r in rows[1:]} <= {0, 1, 2, 3}
+    features = np.load(fitted / "features.npy")
+    assert features.shape[0] == N_GOOD and features.dtype == np.float32
+    for png in ("montage_head0.png", "montage_head1.png", "label_nmi.png"):
+        with Image.open(fitted / png) as im:
+            assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_fit_summary(fitted):
+    summary = json.loads((fitted / "summary.json").read_text())
+    assert summary["input"]["n_samples"] == N_GOOD
+    assert summary["input"]["files_found"] == N_GOOD + 2
+    assert {os.path.basename(s["path"]) for s in summary["input"]["skipped"]} == {
+        "broken.png", "truncated.png"
+    }
+    assert summary["input"]["sample_shape"] == [1, 12, 12]
+    params = summary["parameters"]
+    assert params["n_clusters"] == [3, 4] and params["max_epochs"] == 2
+    assert params["batch_size"] == 16 and params["random_state"] == 0
+    assert summary["seed"] == 0 and summary["n_epochs"] == 2
+    assert set(summary["time_s"]) == {"reading", "fit", "total"}
+    heads = summary["heads"]
+    assert [h["n_clusters"] for h in heads] == [3, 4]
+    assert all(sum(h["cluster_sizes"]) == N_GOOD for h in heads)
+    assert all("scores_vs_folders" in h for h in heads)
+    updates = summary["label_updates"]
+    assert updates and updates[0]["epoch"] == 0
+    assert all(len(u["sinkhorn_iter"]) == 2 and min(u["sinkhorn_iter"]) >= 1 for u in updates)
+    assert summary["outputs"]["model"] == "model.pt"
+
+
+def test_fit_reports_skipped_files_on_stderr(folder, tmp_path, capsys):
+    status, out, err = _run(capsys, "fit", str(folder), "--clusters", "3", "--epochs", "1",
+                            "--batch-size", "16", "--out", str(tmp_path))
+    assert status == 0
+    assert "skipped 2 unreadable image file(s)" in err
+    assert "broken.png" in err and "truncated.png" in err
+    assert "(2 unreadable file(s) skipped)" in out
+    assert "wrote" in out
+
+
+def test_fit_arrays(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "tab.npy", rng.normal(size=(40, 5)).astype(np.float32))
+    status, _, _ = _run(capsys, "fit", str(tmp_path / "tab.npy"), "-k", "4", "--epochs", "1",
+                        "--out", str(tmp_path / "a"), "-q")
+    assert status == 0
+    with open(tmp_path / "a" / "labels.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["index", "label_0"] and rows[1][0] == "0" and len(rows) == 41
+    assert not any(n.startswith("montage") for n in os.listdir(tmp_path / "a"))
+
+    images = rng.integers(0, 255, size=(30, 10, 10), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", X=images, y=np.arange(30))
+    status, _, _ = _run(capsys, "fit", str(tmp_path / "imgs.npz"), "-k", "3", "--epochs", "1",
+                        "--out", str(tmp_path / "b"), "-q")
+    assert status == 0  # picked the array named X
+    assert os.path.exists(tmp_path / "b" / "montage_head0.png")
+
+
+def test_fit_single_image_folder_with_image_size(tmp_path, capsys):
+    for i, size in enumerate([(12, 12), (16, 10), (12, 12), (20, 20)]):
+        _png(str(tmp_path / "mixed" / f"{i}.jpg"), i, size=size, mode="RGB")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "mixed"), "-k", "2", "--epochs", "1"],
+                       "different sizes")
+    status, _, err = _run(capsys, "fit", str(tmp_path / "mixed"), "-k", "2", "--epochs", "1",
+                          "--image-size", "8x10", "--out", str(tmp_path / "o"), "-q")
+    assert status == 0, err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["input"]["sample_shape"] == [3, 8, 10]
+
+
+def test_checkpoint_and_resume(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 4)))
+    base = ["fit", str(tmp_path / "x.npy"), "-k", "3", "--seed", "0", "-q",
+            "--out", str(tmp_path / "o")]
+    _assert_user_error(capsys, base + ["--epochs", "2", "--resume"], "no checkpoint")
+    assert main(base + ["--epochs", "2", "--checkpoint"]) == 0
+    assert os.path.exists(tmp_path / "o" / "checkpoint" / "checkpoint.pt")
+    _assert_user_error(capsys, base + ["--epochs", "2", "--checkpoint"], "--resume")
+    assert main(base + ["--epochs", "3", "--resume"]) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["n_epochs"] == 3
+
+
+# -- predict / transform ---------------------------------------------------------------
+
+
+def test_predict_and_transform_folder(fitted, folder, tmp_path, capsys):
+    model = str(fitted / "model.pt")
+    status, _, err = _run(capsys, "predict", model, str(folder), "--out", str(tmp_path),
+                          "--proba")
+    assert status == 0
+    assert "broken.png" in err  # bad files are reported here too
+    with open(tmp_path / "predictions.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "label_0", "label_1"] and len(rows) == N_GOOD + 1
+    est = load_model(model)
+    paths = [r[0] for r in rows[1:]]
+    expected = est.predict(ImageFiles(paths, "L"), head=1)
+    assert [int(r[2]) for r in rows[1:]] == expected.tolist()
+    proba = np.load(tmp_path / "probabilities_head1.npy")
+    assert proba.shape == (N_GOOD, 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+    status, _, _ = _run(capsys, "transform", model, str(folder / "class2"), "--out",
+                        str(tmp_path / "t"), "--batch-size", "5")
+    assert status == 0
+    feats = np.load(tmp_path / "t" / "features.npy")
+    with open(tmp_path / "t" / "features_index.csv") as fh:
+        index = list(csv.reader(fh))[1:]
+    assert feats.shape[0] == len(index) == 12
+    np.testing.assert_allclose(
+        feats, est.transform(ImageFiles([p for _, p in index], "L")), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_predict_resizes_and_converts_new_images(fitted, tmp_path, capsys):
+    # RGB images of another size: converted to the model's grey 12x12.
+    _png(str(tmp_path / "new" / "a.png"), 0, size=(30, 20), mode="RGB")
+    _png(str(tmp_path / "new" / "b.jpg"), 1, size=(15, 15), mode="RGB")
+    status, _, err = _run(capsys, "predict", str(fitted / "model.pt"), str(tmp_path / "new"),
+                          "--out", str(tmp_path))
+    assert status == 0, err
+    status, _, err = _run(capsys, "predict", str(fitted / "model.pt"),
+                          str(tmp_path / "new" / "a.png"), "--out", str(tmp_path / "one"))
+    assert status == 0, err
+    assert len(open(tmp_path / "one" / "predictions.csv").read().splitlines()) == 2
+
+
+def test_predict_user_errors(fitted, folder, tmp_path, capsys):
+    model = str(fitted / "model.pt")
+    _assert_user_error(capsys, ["predict", str(tmp_path / "nope.pt"), str(folder)],
+                       "does not exist")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage")
+    _assert_user_error(capsys, ["predict", str(tmp_path / "garbage.pt"), str(folder)],
+                       "not a readable sklearn-sela model")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    _assert_user_error(capsys, ["transform", str(tmp_path / "other.pt"), str(folder)],
+                       "not a sklearn-sela model")
+    np.save(tmp_path / "small.npy", np.zeros((4, 8, 8), dtype=np.uint8))
+    _assert_user_error(capsys, ["predict", model, str(tmp_path / "small.npy")], "8x8")
+    np.save(tmp_path / "tab.npy", np.zeros((4, 3)))
+    _assert_user_error(capsys, ["predict", model, str(tmp_path / "tab.npy")], "3 features")
+
+
+def test_tabular_model_rejects_images(folder, tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(30, 4)))
+    assert main(["fit", str(tmp_path / "x.npy"), "-k", "2", "--epochs", "1", "-q",
+                 "--out", str(tmp_path)]) == 0
+    _assert_user_error(capsys, ["predict", str(tmp_path / "model.pt"), str(folder)],
+                       "tabular data")
+
+
+# -- errors and exit codes --------------------------------------------------------------
+
+
+def test_user_errors_exit_1(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no images")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "empty")], "no image files found")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "missing")], "does not exist")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"nope")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "bad")], "could be read")
+    (tmp_path / "data.csv").write_text("1,2\n")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "data.csv")], "neither")
+    np.savez(tmp_path / "two.npz", a=np.zeros((5, 2)), b=np.zeros((5, 2)))
+    _assert_user_error(capsys, ["fit", str(tmp_path / "two.npz")], "--key")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "two.npz"), "--key", "c"], "no array")
+    np.save(tmp_path / "few.npy", np.zeros((5, 2)))
+    _assert_user_error(capsys, ["fit", str(tmp_path / "few.npy"), "-k", "10", "--epochs", "1",
+                                "--out", str(tmp_path / "o")], "n_clusters=10")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _assert_user_error(capsys, ["fit", str(tmp_path / "obj.npy")], "cannot read array")
+    if not torch.cuda.is_available():
+        _assert_user_error(capsys, ["fit", str(tmp_path / "few.npy"), "--device", "cuda"],
+                           "CUDA is not available")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "few.npy"), "--device", "toaster"],
+                       "invalid --device")
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["bogus"],
+    ["fit"],
+    ["fit", "x", "--clusters", "0"],
+    ["fit", "x", "--epochs", "many"],
+    ["fit", "x", "--image-size", "3x"],
+    ["fit", "x", "--batch-size", "1"],
+    ["fit", "x", "--no-such-option"],
+    ["predict", "model.pt"],
+    ["demo", "--heads", "0"],
+])
+def test_usage_errors_exit_2(argv, capsys):
+    status, _, err = _run(capsys, *argv)
+    assert status == 2
+    assert "usage: sela" in err
+
+
+def test_interrupt_and_internal_error(monkeypatch, tmp_path, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_fit", interrupted)
+    status, _, err = _run(capsys, "fit", "x", "--checkpoint")
+    assert status == 130 and "--resume" in err
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_fit", broken)
+    status, _, err = _run(capsys, "fit", "x")
+    assert status == 1
+    assert "Traceback" in err and "internal error" in err
+
+
+def test_debug_shows_traceback(capsys):
+    status, _, err = _run(capsys, "fit", "/no/such/folder", "--debug")
+    assert status == 1 and "Traceback" in err and "sela: error:" in err
+
+
+# -- help ------------------------------------------------------------------------------------
+
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return parser, action.choices
+
+
+def test_help_is_complete(capsys):
+    parser, subs = _subparsers()
+    assert set(subs) == {"demo", "fit", "predict", "transform"}
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for name in subs:
+        assert name in top
+    for name, sub in subs.items():
+        assert main([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: sela {name}")
+        for action in sub._actions:
+            # Every option and argument is documented.
+            assert action.help, (name, action.dest)
+            for opt in action.option_strings:
+                assert opt in text, (name, opt)
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    from sklearn_sela import __version__
+
+    assert __version__ in capsys.readouterr().out
+
+
+def test_entry_points_run_as_subprocesses():
+    env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="80")
+    res = subprocess.run([sys.executable, "-m", "sklearn_sela", "demo", "--help"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "usage: sela demo" in res.stdout and "--quick" in res.stdout
+    exe = shutil.which("sela")
+    if exe is None:
+        pytest.skip("the sela console script is not on PATH (package not pip-installed)")
+    res = subprocess.run([exe, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "usage: sela" in res.stdout and "transform" in res.stdout
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def test_demo_quick(tmp_path, capsys):
+    status, out, err = _run(capsys, "demo", "--quick", "--out", str(tmp_path))
+    assert status == 0, err
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("method"))
+    assert lines[header].split()[1:4] == ["ACC", "NMI", "ARI"]
+    assert lines[header + 1].startswith("KMeans") and lines[header + 2].startswith("SeLa")
+    for line in lines[header + 1: header + 3]:
+        values = [float(v) for v in line.split()[-4:-1]]
+        assert all(-1.0 <= v <= 1.0 for v in values)
+    for png in ("digits_montage.png", "digits_label_nmi.png"):
+        with Image.open(tmp_path / png) as im:
+            assert im.format == "PNG"
+
+
+# -- persistence -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_small():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X[:150] / 16.0, y[:150]
+
+
+def test_save_load_roundtrip(digits_small, tmp_path):
+    X, _ = digits_small
+    est = SelfLabelClusterer(n_clusters=[4, 6], max_epochs=2, batch_size=32,
+                             random_state=0).fit(X)
+    path = save_model(est, tmp_path / "m.pt")
+    # The format is plain data: it loads with weights_only=True.
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "sklearn-sela-model" and raw["n_clusters"] == [4, 6]
+    loaded = load_model(path)
+    assert loaded.get_params()["n_clusters"] == [4, 6]
+    np.testing.assert_array_equal(loaded.labels_all_, est.labels_all_)
+    np.testing.assert_array_equal(loaded.labels_, est.labels_)
+    assert loaded.n_clusters_ == est.n_clusters_ and loaded.n_epochs_ == est.n_epochs_
+    assert loaded.input_info_ == est.input_info_ and loaded.n_features_in_ == 64
+    for t in range(2):
+        np.testing.assert_allclose(loaded.predict_proba(X, head=t), est.predict_proba(X, head=t),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(loaded.log_betas_[t], est.log_betas_[t])
+    np.testing.assert_allclose(loaded.transform(X), est.transform(X), rtol=1e-5, atol=1e-6)
+    assert loaded.score(X) == pytest.approx(est.score(X), rel=1e-5)
+    assert len(loaded.history_) == len(est.history_)
+    assert loaded.history_[0]["label_update"]["sinkhorn_iter"] == \
+        est.history_[0]["label_update"]["sinkhorn_iter"]
+
+
+def test_save_rejects_unsaveable_params(digits_small, tmp_path):
+    X, _ = digits_small
+    backbone = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.ReLU())
+    est = SelfLabelClusterer(n_clusters=3, backbone=backbone, max_epochs=1,
+                             random_state=0).fit(X)
+    with pytest.raises(ValueError, match="backbone"):
+        save_model(est, tmp_path / "m.pt")
+    assert not os.path.exists(tmp_path / "m.pt")
+
+
+def test_load_rejects_bad_files(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    with pytest.raises(ModelFileError, match="directory"):
+        load_model(tmp_path)
+    torch.save({"format": "sklearn-sela-model", "format_version": 99}, tmp_path / "new.pt")
+    with pytest.raises(ModelFileError, match="newer"):
+        load_model(tmp_path / "new.pt")
+    torch.save({"format": "sklearn-sela-model", "format_version": 1, "params": "{"},
+               tmp_path / "damaged.pt")
+    with pytest.raises(ModelFileError, match="damaged"):
+        load_model(tmp_path / "damaged.pt")
+
+
+# -- plotting --------------------------------------------------------------------------------
+
+
+class _CountingImages:
+    """An image sequence that records which items are read."""
+
+    def __init__(self, n):
+        self.n = n
+        self.read = set()
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.read.add(i)
+        return np.full((3, 6, 6), i / self.n, dtype=np.float32)  # channels first
+
+
+def test_cluster_montage_layout_and_laziness():
+    images = _CountingImages(100)
+    labels = np.repeat(np.arange(10), 10)
+    canvas, clusters, sizes = cluster_montage(images, labels, n_per_cluster=3,
+                                              max_clusters=4, padding=1)
+    assert clusters.tolist() == sorted(clusters.tolist()) and len(clusters) == 4
+    assert sizes.tolist() == [10] * 4
+    assert canvas.shape == (4 * 7 - 1, 3 * 7 - 1, 3)  # colour, channels last
+    assert len(images.read) == 12  # only the shown images are read
+    assert {labels[i] for i in images.read} == set(clusters.tolist())
+
+
+def test_cluster_montage_values_and_blank_cells():
+    # Floats outside [0, 1] are rescaled; a cluster of one leaves white cells.
+    images = np.stack([np.full((4, 4), v, dtype=np.float64) for v in (0.0, 8.0, 16.0)])
+    canvas, clusters, sizes = cluster_montage(images, [0, 0, 1], n_per_cluster=2, padding=0)
+    assert canvas.shape == (8, 8) and canvas.dtype == np.float32
+    assert canvas.min() == 0.0 and canvas.max() == 1.0
+    assert np.all(canvas[4:, 4:] == 1.0)  # blank cell of cluster 1
+    assert sizes.tolist() == [2, 1]
+    # uint8 RGB images larger than the thumbnail are shrunk.
+    big = np.zeros((2, 100, 80, 3), dtype=np.uint8)
+    canvas, _, _ = cluster_montage(big, [0, 1], thumb_size=50, padding=0)
+    assert canvas.shape == (100, 40, 3)
+    with pytest.raises(ValueError, match="entries"):
+        cluster_montage(big, [0, 1, 2])
+
+
+def test_plot_helpers_save_pngs(digits_small, tmp_path):
+    pytest.importorskip("matplotlib")
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images[:150]
+    labels = np.arange(150) % 7
+    fig = plot_cluster_montage(images, labels, path=tmp_path / "m.png", title="t")
+    assert os.path.exists(tmp_path / "m.png") and fig.axes[0].get_title() == "t"
+    fig = plot_cluster_montage(images, labels, max_clusters=3)
+    assert "3 of 7 clusters" in fig.axes[0].get_title()
+    history = [
+        {"epoch": 1, "label_update": {"nmi_prev": [0.01, 0.02]}, "nmi_true": [0.1, 0.2]},
+        {"epoch": 2},
+        {"epoch": 3, "label_update": {"nmi_prev": [0.5, 0.6]}, "nmi_true": [0.3, 0.4]},
+    ]
+    fig = plot_label_nmi(history, path=tmp_path / "n.png")
+    assert os.path.exists(tmp_path / "n.png")
+    assert len(fig.axes[0].lines) == 4  # two heads, against previous and truth
+    with pytest.raises(ValueError, match="no label update"):
+        plot_label_nmi([{"epoch": 1}])
