@@ -28,10 +28,10 @@ Layout of the work
 
 import atexit
 import math
+import multiprocessing
 import os
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from skorch.callbacks import Callback
@@ -62,6 +62,8 @@ _INF_BITS = 0x7FF0000000000000
 # searched with all-reduces of (n_full_clusters, _SEARCH_WAYS - 1) counts.
 _GATHER_LIMIT = 1 << 16
 _SEARCH_WAYS = 16
+# Set by init_from_environment to the pid of the process that joined the group.
+_OWNER_VAR = "SKLEARN_SELA_DIST_PID"
 
 
 # -- process group -----------------------------------------------------------
@@ -84,7 +86,9 @@ def init_from_environment(device=None):
 
     Does nothing unless ``torch.distributed`` is not initialised yet and the
     variables set by ``torchrun`` (``WORLD_SIZE`` > 1, ``RANK``,
-    ``MASTER_ADDR``, ``MASTER_PORT``) are present. The backend is
+    ``MASTER_ADDR``, ``MASTER_PORT``) are present, in the launched process
+    itself (not in its multiprocessing or joblib workers, nor in processes
+    it starts, which inherit the variables). The backend is
     ``"cpu:gloo,cuda:nccl"`` when ``device`` is a CUDA device (NCCL for the
     GPU tensors, gloo for any CPU ones), else ``"gloo"``. The group is
     destroyed at interpreter exit.
@@ -101,11 +105,19 @@ def init_from_environment(device=None):
         v in env for v in ("RANK", "MASTER_ADDR", "MASTER_PORT")
     ):
         return False
+    # Processes started from a launched one (joblib/loky workers of a grid
+    # search, subprocesses) inherit its variables but are not ranks.
+    owner = env.get(_OWNER_VAR)
+    if multiprocessing.current_process().name != "MainProcess" or (
+        owner is not None and owner != str(os.getpid())
+    ):
+        return False
     cuda = device is not None and str(device).startswith("cuda") and torch.cuda.is_available()
     if cuda:
         count = torch.cuda.device_count()
         torch.cuda.set_device(int(env.get("LOCAL_RANK", int(env["RANK"]) % count)))
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
+    env[_OWNER_VAR] = str(os.getpid())
     atexit.register(_destroy_group)
     return True
 
@@ -145,11 +157,8 @@ def collective_device(group=None):
     return torch.device("cpu")
 
 
-def _all_reduce(x, group, op=None):
-    if op is None:
-        dist.all_reduce(x, group=group)
-    else:
-        dist.all_reduce(x, op=op, group=group)
+def _all_reduce(x, group):
+    dist.all_reduce(x, group=group)
     return x
 
 
@@ -288,7 +297,7 @@ def _ranked_ids(rows, quota):
     return rows[within < quota[cluster], -1]
 
 
-def balanced_labels_distributed(W, b, proportions, block, group):
+def balanced_labels_distributed(kernel, log_b, proportions, block, group):
     """Exact-size labels from a row-sharded transport plan.
 
     The distributed counterpart of ``sinkhorn._balanced_labels`` (called by
@@ -307,14 +316,15 @@ def balanced_labels_distributed(W, b, proportions, block, group):
 
     Parameters
     ----------
-    W : Tensor of shape (n_local, n_clusters)
-        This rank's rows of the working kernel.
-    b : Tensor of shape (n_clusters,)
-        Pending column scaling (identical on every rank).
+    kernel : Tensor of shape (n_local, n_clusters) or sinkhorn kernel
+        This rank's rows of the working kernel: a matrix, or the solver's
+        kernel object (anything ``sinkhorn._topk_labels`` reads).
+    log_b : Tensor of shape (n_clusters,)
+        Pending log column scaling, float64 (identical on every rank).
     proportions : ndarray of shape (n_clusters,)
         Target cluster proportions.
     block : int
-        Rows per block for the streaming passes.
+        Rows per block, used when ``kernel`` is a matrix.
     group : ProcessGroup
         The group the rows are sharded over.
 
@@ -324,14 +334,13 @@ def balanced_labels_distributed(W, b, proportions, block, group):
     """
     from .sinkhorn import _topk_labels, balanced_sizes
 
-    n, k = W.shape
-    device = W.device
+    n, k = kernel.shape
+    device = kernel.device
     shard_sizes = all_gather_rows(torch.tensor([n], device=device), group)
     offset = int(shard_sizes[: dist.get_rank(group)].sum())
-    log_b = b.log()
     everyone = torch.arange(n, device=device)
     open_mask = torch.ones(k, dtype=torch.bool, device=device)
-    proposal, margin = _topk_labels(W, log_b, everyone, open_mask, block)
+    proposal, margin = _topk_labels(kernel, log_b, everyone, open_mask, block)
     demand = _all_reduce(torch.bincount(proposal, minlength=k), group)
     sizes = balanced_sizes(int(shard_sizes.sum()), proportions, demand=demand.cpu().numpy())
     room = torch.as_tensor(sizes, dtype=torch.int64).to(device)
@@ -365,7 +374,7 @@ def balanced_labels_distributed(W, b, proportions, block, group):
         history = torch.cat(
             [rest_prop[out, None], -bits[out, None], rest_hist[out]], dim=1
         )
-        proposal, margin = _topk_labels(W, log_b, pending, open_mask, block)
+        proposal, margin = _topk_labels(kernel, log_b, pending, open_mask, block)
         counts = _all_reduce(torch.bincount(proposal, minlength=k), group)
     return labels
 
@@ -435,7 +444,7 @@ class ShardedRandomSampler(Sampler):
 
     def __iter__(self):
         world, rank = self._world()
-        gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        gen = torch.Generator().manual_seed((self.seed * 100003 + self.epoch) % (1 << 63))
         perm = torch.randperm(self.n_samples, generator=gen)
         total = math.ceil(self.n_samples / world) * world
         if total > self.n_samples:
@@ -471,6 +480,9 @@ class DistributedFit:
         self.group = group
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
+        if collective_device(group).type == "cuda":
+            # NCCL needs each process on its own GPU before the first collective.
+            self.local_device("cuda")
 
     @classmethod
     def detect(cls, device=None):

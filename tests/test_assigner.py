@@ -138,7 +138,13 @@ def test_balanced_sizes_exact(metric, proportions):
         n_clusters=3, metric=metric, cluster_proportions=proportions, random_state=0
     ).fit(X)
     expected = balanced_sizes(151, proportions, n_clusters=3)
-    np.testing.assert_array_equal(np.bincount(sa.labels_, minlength=3), expected)
+    sizes = np.bincount(sa.labels_, minlength=3)
+    if proportions is None:
+        # Which cluster gets the one extra sample is a tie the solver breaks
+        # by demand; the multiset of sizes is fixed.
+        np.testing.assert_array_equal(np.sort(sizes), np.sort(expected))
+    else:
+        np.testing.assert_array_equal(sizes, expected)
     assert sa.labels_.dtype == np.int64
 
 

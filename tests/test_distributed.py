@@ -1,0 +1,322 @@
+"""Distributed Sinkhorn and data-parallel fitting on 2 CPU processes (gloo).
+
+One module-scoped fixture spawns two ranks once (``torch.multiprocessing``,
+spawn start method, a free loopback port); they run every distributed check
+and write their results to files that the tests below inspect.
+"""
+
+import datetime
+import os
+import pickle
+import socket
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from sklearn.datasets import make_blobs
+
+import sklearn_sela.distributed as sela_dist
+from sklearn_sela import SelfLabelClusterer, balanced_sizes, sinkhorn_knopp
+from sklearn_sela.distributed import (
+    DistributedFit,
+    ShardedRandomSampler,
+    get_process_group,
+    is_main_process,
+    shard_bounds,
+)
+
+WORLD = 2
+N, K = 1001, 12  # odd N: shards of 500 and 501 rows
+PROPORTIONS = np.linspace(1.0, 3.0, K) / np.linspace(1.0, 3.0, K).sum()
+FIT_N, FIT_K = 201, 4
+TIMEOUT = 150
+
+
+def _scores():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(N, K)).astype(np.float32) * 2.0
+    logits[:, 0] += 1.5  # a popular cluster: argmax is far from balanced
+    return logits - np.log(np.exp(logits).sum(1, keepdims=True))
+
+
+def _fit_data():
+    X, _ = make_blobs(FIT_N, centers=FIT_K, n_features=5, random_state=0)
+    return X.astype(np.float32)
+
+
+SOLVES = {
+    "argmax": dict(assign="argmax"),
+    "balanced": dict(assign="balanced"),
+    # One iteration: a poor plan whose argmax overfills many clusters, so the
+    # greedy rounding needs several rounds.
+    "balanced_rough": dict(assign="balanced", max_iter=1),
+    "balanced_prior": dict(assign="balanced", cluster_proportions=PROPORTIONS),
+    # The same with the threshold search that large problems use instead of
+    # gathering the proposers to over-full clusters.
+    "balanced_rough_search": dict(assign="balanced", max_iter=1),
+}
+
+
+def _worker(rank, port, outdir):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        out = {}
+        # -- distributed Sinkhorn on this rank's rows only ------------------
+        full = np.load(os.path.join(outdir, "scores.npy"), mmap_mode="r")
+        lo, hi = shard_bounds(N, WORLD, rank)
+        shard = np.ascontiguousarray(full[lo:hi])
+        group = get_process_group()
+        for name, kw in SOLVES.items():
+            limit = sela_dist._GATHER_LIMIT
+            if name.endswith("_search"):
+                sela_dist._GATHER_LIMIT = 0
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = sinkhorn_knopp(shard, process_group=group, **kw)
+            sela_dist._GATHER_LIMIT = limit
+            out[name] = dict(
+                labels=res.labels, log_beta=res.log_beta, n_iter=res.n_iter,
+                log_alpha=res.log_alpha,
+            )
+        # -- the single-process script, unchanged -------------------------
+        X = _fit_data()
+        est = SelfLabelClusterer(
+            n_clusters=FIT_K, max_epochs=3, n_label_updates=2, batch_size=32,
+            assign="balanced", checkpoint_dir=os.path.join(outdir, "ckpt"),
+            random_state=None,  # ranks draw different seeds: must agree
+        ).fit(X)
+        out["fit"] = dict(
+            labels=est.labels_,
+            state={k: v.clone() for k, v in est.net_.module_.state_dict().items()},
+            updates=[r["label_update"] for r in est.history_ if "label_update" in r],
+            module_type=type(est.net_.module_).__name__,
+            batch_size=est.net_.batch_size,
+            callbacks=[name for name, _ in est.net_.callbacks_],
+        )
+        if rank == 0:
+            with open(os.path.join(outdir, "est.pkl"), "wb") as f:
+                pickle.dump(est, f)
+        torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(fn, outdir):
+    """Run ``fn(rank, port, outdir)`` on WORLD spawned processes; raise on failure."""
+    ctx = mp.start_processes(
+        fn, args=(_free_port(), outdir), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"distributed workers did not finish in {TIMEOUT}s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.terminate()
+
+
+def _spawn_with_retry(fn, outdir):
+    # The free port is released before the workers bind it, so another process
+    # may take it in between: one retry on a new port.
+    try:
+        _spawn(fn, outdir)
+    except Exception as first:  # noqa: BLE001
+        try:
+            _spawn(fn, outdir)
+        except Exception as second:  # noqa: BLE001
+            pytest.fail(f"distributed workers failed twice:\n{first}\n---\n{second}")
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    outdir = str(tmp_path_factory.mktemp("dist"))
+    np.save(os.path.join(outdir, "scores.npy"), _scores())
+    _spawn_with_retry(_worker, outdir)
+    results = [
+        torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
+        for r in range(WORLD)
+    ]
+    return outdir, results
+
+
+@pytest.mark.parametrize("name", list(SOLVES))
+def test_sinkhorn_equals_single_process(ranks, name):
+    _, results = ranks
+    kw = SOLVES[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sinkhorn_knopp(_scores(), **kw)
+    labels = np.concatenate([r[name]["labels"] for r in results])
+    log_alpha = np.concatenate([r[name]["log_alpha"] for r in results])
+    assert labels.shape == (N,)
+    for r in results:
+        assert r[name]["n_iter"] == ref.n_iter
+        np.testing.assert_allclose(r[name]["log_beta"], ref.log_beta, atol=1e-4)
+    np.testing.assert_allclose(log_alpha, ref.log_alpha, atol=1e-4)
+    assert (labels == ref.labels).mean() >= 0.999
+    if kw["assign"] == "balanced":
+        sizes = np.bincount(labels, minlength=K)
+        # Exact global sizes: those of the single-process solve, and
+        # floor/ceil of N * proportion (the remainder's placement follows
+        # the argmax demand).
+        np.testing.assert_array_equal(sizes, np.bincount(ref.labels, minlength=K))
+        ideal = N * (PROPORTIONS if "cluster_proportions" in kw else np.full(K, 1 / K))
+        assert np.all((sizes == np.floor(ideal)) | (sizes == np.ceil(ideal)))
+
+
+def test_rough_plan_needs_rounding(ranks):
+    # Guard that the "balanced_rough" case exercises the multi-round greedy.
+    _, results = ranks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = sinkhorn_knopp(_scores(), assign="argmax", max_iter=1)
+    sizes = np.bincount(ref.labels, minlength=K)
+    assert sizes.max() > 2 * balanced_sizes(N, n_clusters=K).max()
+    assert all(r["balanced_rough"]["n_iter"] == 1 for r in results)
+
+
+def test_distributed_fit(ranks):
+    outdir, results = ranks
+    fits = [r["fit"] for r in results]
+    # Labels for all N samples, exactly balanced, identical on every rank.
+    for f in fits:
+        assert f["labels"].shape == (FIT_N,)
+        sizes = np.bincount(f["labels"], minlength=FIT_K)
+        assert sizes.sum() == FIT_N
+        assert set(sizes) <= {FIT_N // FIT_K, -(-FIT_N // FIT_K)}
+        np.testing.assert_array_equal(f["labels"], fits[0]["labels"])
+        # DDP is unwrapped before the estimator is stored.
+        assert f["module_type"] == "MultiHeadNet"
+        assert f["batch_size"] == 16  # global batch 32 over 2 ranks
+    # Each rank labelled only its own shard of the samples.
+    for rank, f in enumerate(fits):
+        lo, hi = shard_bounds(FIT_N, WORLD, rank)
+        assert [u["local_rows"] for u in f["updates"]] == [hi - lo] * 2
+    # Same model (parameters and batch-norm buffers) on every rank.
+    for key, value in fits[0]["state"].items():
+        torch.testing.assert_close(value, fits[1]["state"][key], rtol=0, atol=0)
+    # Only rank 0 writes checkpoints; it saved the unwrapped module.
+    assert "checkpoint" in fits[0]["callbacks"]
+    assert "checkpoint" not in fits[1]["callbacks"]
+    state = torch.load(os.path.join(outdir, "ckpt", "checkpoint.pt"), weights_only=True)
+    assert set(state["module"]) == set(fits[0]["state"])
+    assert state["epochs_done"] == 3
+
+
+def test_fitted_model_usable_in_parent(ranks):
+    outdir, results = ranks
+    with open(os.path.join(outdir, "est.pkl"), "rb") as f:
+        est = pickle.load(f)
+    X = _fit_data()
+    np.testing.assert_array_equal(est.labels_, results[0]["fit"]["labels"])
+    pred = est.predict(X)
+    assert pred.shape == (FIT_N,) and pred.max() < FIT_K
+    feats = est.transform(X[:10])
+    assert feats.shape[0] == 10 and np.isfinite(feats).all()
+
+
+def _cuda_worker(rank, port, outdir):
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        est = SelfLabelClusterer(
+            n_clusters=FIT_K, max_epochs=2, n_label_updates=2, batch_size=32,
+            assign="balanced", device="cuda", random_state=0,
+        ).fit(_fit_data())
+        torch.save({"labels": est.labels_, "device": str(est.net_.device)},
+                   os.path.join(outdir, f"cuda{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_distributed_fit_on_cuda(tmp_path):
+    # Two ranks on the GPU(s) at hand (both on cuda:0 with one GPU; gloo
+    # carries CUDA tensors): DDP on CUDA, labels on every rank.
+    _spawn_with_retry(_cuda_worker, str(tmp_path))
+    outs = [torch.load(tmp_path / f"cuda{r}.pt", weights_only=False) for r in range(WORLD)]
+    np.testing.assert_array_equal(outs[0]["labels"], outs[1]["labels"])
+    assert set(np.bincount(outs[0]["labels"], minlength=FIT_K)) <= {
+        FIT_N // FIT_K, -(-FIT_N // FIT_K)}
+    assert all(o["device"].startswith("cuda") for o in outs)
+
+
+# -- single-process pieces ----------------------------------------------------
+def test_not_distributed_by_default():
+    assert get_process_group() is None
+    assert DistributedFit.detect() is None
+    assert is_main_process()
+
+
+@pytest.mark.parametrize("n, world", [(10, 3), (1001, 2), (5, 8)])
+def test_shard_bounds_partition(n, world):
+    bounds = [shard_bounds(n, world, r) for r in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert max(sizes) - min(sizes) <= 1
+
+
+class _FakeRankSampler(ShardedRandomSampler):
+    def __init__(self, n, seed, world, rank):
+        super().__init__(n, seed)
+        self._w = (world, rank)
+
+    def _world(self):
+        return self._w
+
+
+def test_sampler_shards_cover_epoch_and_reshuffle():
+    n, world = 11, 3
+    parts = [list(_FakeRankSampler(n, 5, world, r)) for r in range(world)]
+    assert all(len(p) == len(_FakeRankSampler(n, 5, world, 0)) == 4 for p in parts)
+    assert set(sum(parts, [])) == set(range(n))
+    s = _FakeRankSampler(n, 5, world, 0)
+    first = list(s)
+    s.set_epoch(1)
+    assert list(s) != first
+    # Outside a distributed run: a permutation of all samples.
+    plain = ShardedRandomSampler(n, 5)
+    assert len(plain) == n and sorted(plain) == list(range(n))
+
+
+def test_init_from_environment_only_in_launched_process(monkeypatch):
+    calls = []
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(sela_dist.atexit, "register", lambda fn: None)
+    for var in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT", sela_dist._OWNER_VAR):
+        monkeypatch.delenv(var, raising=False)
+    assert not sela_dist.init_from_environment("cpu")  # no launcher
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    # A process started by a rank inherits its variables but is no rank.
+    monkeypatch.setenv(sela_dist._OWNER_VAR, str(os.getpid() + 1))
+    assert not sela_dist.init_from_environment("cpu")
+    monkeypatch.delenv(sela_dist._OWNER_VAR)
+    assert sela_dist.init_from_environment("cpu")
+    assert calls == [{"backend": "gloo"}]
+    assert os.environ[sela_dist._OWNER_VAR] == str(os.getpid())
