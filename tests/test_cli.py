@@ -34,13 +34,6 @@ from sklearn_sela.plotting import cluster_montage, plot_cluster_montage, plot_la
 N_GOOD = 36  # readable images in the test folder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread is as fast, and far faster on a busy machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _png(path, value, size=(12, 12), mode="L"):

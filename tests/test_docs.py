@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import sklearn.datasets
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -44,12 +43,6 @@ API_MODULES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_api_reference_lists_every_public_name():

@@ -4,7 +4,6 @@ import itertools
 
 import numpy as np
 import pytest
-import torch
 from sklearn.datasets import load_digits
 
 from sklearn_sela import SelfLabelClusterer
@@ -17,13 +16,6 @@ from sklearn_sela.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: one thread is as fast, and far faster on a busy machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # -- cluster_accuracy -----------------------------------------------------------

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sklearn.datasets
-import torch
 from PIL import Image
 
 from sklearn_sela.cli import build_parser
@@ -33,12 +32,6 @@ def _shrink(code):
     return re.sub(r"max_epochs=\d+", "max_epochs=1", code)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture
