@@ -267,7 +267,8 @@ def make_backbone(spec, info):
         - ``"mlp"``: :class:`MLP` (512-512-128 with batch norm), 128 features;
           images are flattened;
         - ``"convnet"``: :class:`ConvNet`, 128 features, for images of any
-          size (meant for 8x8 to about 64x64);
+          size (meant for 8x8 to about 64x64); widths (32, 64, 128) for
+          images under 16 pixels, (32, 64, 128, 256) otherwise;
         - ``"alexnet"``: :class:`AlexNetFeatures`, 4096 features, images of
           at least 63x63;
         - ``"resnet18"`` / ``"resnet50"``: torchvision ResNets, randomly
@@ -330,7 +331,11 @@ def make_backbone(spec, info):
     _require_images(name, info)
     channels, height, width = info.sample_shape
     if name == "convnet":
-        module = ConvNet(channels, (height, width))
+        # Under 16 pixels (8x8 digits) every stage after the single pooling
+        # runs at 4x4, where a 256-wide stage costs 3/4 of the compute with
+        # no better clusters or kNN on digits (docs/benchmarks_quality.md).
+        widths = (32, 64, 128) if min(height, width) < 16 else (32, 64, 128, 256)
+        module = ConvNet(channels, (height, width), widths=widths)
         return module, module.feature_dim
     if name == "alexnet":
         if _alexnet_out_size(min(height, width)) < 1:

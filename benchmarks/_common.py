@@ -1,0 +1,117 @@
+"""Shared helpers of the sklearn-sela benchmarks (data, metrics, tables)."""
+
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+
+def machine_info():
+    """One line describing where the benchmark ran."""
+    try:
+        load = "load avg %.1f/%.1f/%.1f" % os.getloadavg()
+    except OSError:  # pragma: no cover - not on Linux
+        load = "load avg n/a"
+    dev = "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return (
+        f"{platform.machine()} {os.cpu_count()} logical cores, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), device {dev}, "
+        f"{load} at start"
+    )
+
+
+def load_data(name, subset=None, seed=0):
+    """Return ``(X_train, y_train, X_test, y_test)`` image arrays.
+
+    ``digits``: the (N, 8, 8) float images of :func:`load_digits`, no
+    separate test split (test = train: the kNN / probe then measure the
+    training features, see the docs). ``fashion``: uint8 (N, 28, 28)
+    Fashion-MNIST train and test; ``subset`` draws that many training images
+    (stratified by nothing, a seeded random subset) and ``subset // 6`` test
+    images.
+    """
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return d.images, d.target, None, None
+    if name in ("fashion", "fashion-mnist"):
+        from sklearn_sela.datasets import load_fashion_mnist
+
+        path = os.environ.get("FASHION_MNIST_DIR")  # default: the Debian package's
+        Xtr, ytr = load_fashion_mnist("train", path=path)
+        Xte, yte = load_fashion_mnist("test", path=path)
+        if subset:
+            rng = np.random.RandomState(seed)
+            i = rng.choice(len(Xtr), subset, replace=False)
+            j = rng.choice(len(Xte), max(1000, min(len(Xte), subset // 6)), replace=False)
+            Xtr, ytr, Xte, yte = Xtr[i], ytr[i], Xte[j], yte[j]
+        return Xtr, ytr, Xte, yte
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+# -- metrics: sklearn_sela.metrics when present, private fallbacks otherwise --
+try:  # pragma: no cover - depends on the tree state
+    from sklearn_sela.metrics import (  # noqa: F401
+        cluster_accuracy,
+        linear_probe_accuracy,
+        weighted_knn_accuracy,
+    )
+except ImportError:  # pragma: no cover
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics.cluster import contingency_matrix
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def cluster_accuracy(y_true, y_pred):
+        c = contingency_matrix(y_true, y_pred)
+        r, k = linear_sum_assignment(c, maximize=True)
+        return float(c[r, k].sum() / len(y_true))
+
+    def weighted_knn_accuracy(Xtr, ytr, Xte, yte, k=50, temperature=0.1):
+        def norm(a):
+            a = np.asarray(a, np.float64)
+            n = np.linalg.norm(a, axis=1, keepdims=True)
+            return a / np.where(n > 0, n, 1)
+
+        Xtr, Xte = norm(Xtr), norm(Xte)
+        classes, yi = np.unique(ytr, return_inverse=True)
+        k = min(k, len(Xtr))
+        correct = 0
+        for s in range(0, len(Xte), 1024):
+            sim = Xte[s:s + 1024] @ Xtr.T
+            nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            w = np.exp(np.take_along_axis(sim, nn, 1) / temperature)
+            votes = np.zeros((len(sim), len(classes)))
+            np.add.at(votes, (np.arange(len(sim))[:, None], yi[nn]), w)
+            correct += (classes[votes.argmax(1)] == np.asarray(yte)[s:s + 1024]).sum()
+        return float(correct / len(Xte))
+
+    def linear_probe_accuracy(Xtr, ytr, Xte, yte, C=1.0, max_iter=1000):
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+        return float(clf.fit(Xtr, ytr).score(Xte, yte))
+
+
+def markdown_table(headers, rows, floatfmt="{:.3f}"):
+    """Render rows (lists) as a Markdown table string."""
+
+    def fmt(v):
+        if isinstance(v, float):
+            return floatfmt.format(v)
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed = time.perf_counter() - self.start
