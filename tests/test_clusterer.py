@@ -191,6 +191,20 @@ def test_pickle_round_trip(digits, tmp_path, dump):
     np.testing.assert_allclose(est.transform(X), est2.transform(X))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a machine without CUDA")
+def test_pickle_from_cuda_loads_on_cpu_only_machine(digits):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=5, **FAST).fit(X)
+    expected = est.predict(X)
+    # As if fitted with device="cuda": skorch maps the tensors to the CPU and
+    # falls back to device "cpu" when it is unpickled where CUDA is missing.
+    est.net_.device = "cuda"
+    with pytest.warns(UserWarning, match="CUDA"):
+        est2 = pickle.loads(pickle.dumps(est))
+    assert str(est2.net_.device) == "cpu"
+    np.testing.assert_array_equal(est2.predict(X), expected)
+
+
 def test_clone_and_params_unchanged():
     est = SelfLabelClusterer(n_clusters=[3, 4], lr_drops=(0.5,), random_state=1)
     params = est.get_params()
