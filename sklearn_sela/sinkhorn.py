@@ -16,21 +16,41 @@ whose minimiser is ``Q = diag(alpha) P**lam diag(beta)`` with rows summing to
 
 Notes on the numerics
 ---------------------
-* The matrix ``P**lam`` is never formed directly: each row is shifted in the
-  log domain by its maximum before exponentiation, so every row of the working
-  kernel has a largest entry of exactly one. Entries more than ``_LOG_FLOOR``
-  nats below their row maximum are clamped to ``exp(-_LOG_FLOOR)`` rather than
+* The matrix ``P**lam`` is never formed directly. The working kernel is
+  ``W[i, j] = exp(lam * S[i, j] + g[j] - h[i])``, where ``g`` is the part of
+  the column scaling already folded in and ``h[i]`` makes the largest entry of
+  every row exactly one. The per-row shift is applied to the scores *before*
+  multiplying by ``lam``, so ``lam * S`` never overflows.
+* Entries more than ``F`` nats below their row maximum (``F = 60`` for
+  float32/float64/bfloat16 kernels) are clamped up to ``exp(-F)`` rather than
   allowed to underflow: exact zeros would make a cluster that no sample
   currently prefers unreachable (division by zero, collapse), and subnormal
-  floats make CPU arithmetic tens of times slower. The floor perturbs the
-  transport plan by less than ``N * K * exp(-_LOG_FLOOR)`` in total mass.
-* The scaling vectors are rescaled so that they stay near one; when the column
-  scaling drifts past ``exp(+-_ABSORB)`` it is folded ("absorbed") into the
-  kernel, which is then re-normalised row by row. Their cumulative logarithms
-  are kept in float64 and returned, so that a later call can warm start.
+  floats make CPU arithmetic many times slower (exp() of underflowing values
+  is ~20x slower, matrix-vector products with subnormals ~5x).
+* The remaining column scaling ``b = exp(log_b)`` is kept within
+  ``[exp(-R), 1]`` (``R = 24``), so that ``W * b >= exp(-84)`` stays normal
+  in float32, and a clamped entry stays below ``exp(R - F)`` of its row's
+  largest scaled entry. When ``b`` leaves that range it is folded
+  ("absorbed") into the kernel, which is rebuilt from the scores: entries
+  that were clamped get their true values back, so the clamping never loses
+  information the scaling later needs. With ``inplace=True`` the scores are
+  gone; then the clamped entries of a float32/float64 buffer carry their
+  true log-value in the last bits below ``exp(-F)`` (a relative change under
+  ``2**-10``, see :func:`_to_kernel_`), and absorbing decodes it. float16 and
+  bfloat16 buffers have too few bits for that: there, entries clamped before
+  an absorption stay tied at the floor.
+* Cumulative logarithms of both scalings are kept in float64 and returned, so
+  that a later call can warm start.
 * Each iteration makes one streaming pass over the kernel: for a block of rows
   the row scaling is computed from the current column scaling and immediately
   used to accumulate the column sums, while the block is still in cache.
+* The column update is over-relaxed, ``log_b += omega * log(target / col)``,
+  with ``omega`` in ``[1, 1.9]`` set from the convergence rate observed over
+  the first iterations (the classic ``2 / (1 + sqrt(1 - rate))``). Every step
+  is safeguarded: ``omega`` falls back to 1 for a step unless the dual
+  objective provably increases by at least a tenth of the plain step's
+  increase, which keeps plain Sinkhorn's global convergence guarantee (the
+  test costs ``O(K)``; see :func:`_relaxation_gain`).
 """
 
 from dataclasses import dataclass
@@ -48,13 +68,36 @@ __all__ = [
     "balanced_sizes",
 ]
 
-# Kernel entries below exp(-_LOG_FLOOR) of their row maximum are clamped up to
-# it. exp(-60) ~ 8.8e-27 keeps kernel * scaling products far from float32's
-# subnormal range (1.2e-38) for scalings within exp(+-_ABSORB).
+# Kernel floor F (nats below the row maximum). exp(-60) ~ 8.8e-27 keeps
+# kernel * scaling products far from float32's subnormal range (1.2e-38 ~
+# exp(-87.3)) for scalings within exp(+-_ABSORB). float16 buffers (in-place
+# mode only; other inputs get a float32 working matrix) cannot hold exp(-60):
+# their smallest subnormal is 6e-8 ~ exp(-16.6).
 _LOG_FLOOR = 60.0
-_ABSORB = 12.0
+_LOG_FLOOR_FP16 = 16.0
+# A -inf score (probability zero) is given lam * score = (the row's lowest
+# finite value) - _ZERO_GAP: last resort, but reachable, so that every
+# cluster can be filled. Finite scores are used as they are, however small.
+_ZERO_GAP = 60.0
+# Largest range R of the pending column scaling before it is absorbed, at
+# most half the floor so that clamped entries stay negligible (exp(R - F)).
+_ABSORB = 24.0
+# In-place float32/float64 buffers: a clamped entry at x < -F nats is stored
+# as exp(-F) * (1 - _PAYLOAD * min(x_gap, _PAYLOAD_RANGE) / _PAYLOAD_RANGE),
+# x_gap = -F - x. float32's 24-bit mantissa resolves the gap to about
+# _PAYLOAD_RANGE * 2**-13 ~ 0.1 nats (of lam * scores), while the kernel
+# value moves by less than 0.1 %.
+_PAYLOAD = 2.0**-10
+_PAYLOAD_RANGE = 1024.0
+# Over-relaxation: the rate is measured over iterations
+# _RELAX_AFTER // 2 .. _RELAX_AFTER of plain Sinkhorn.
+_RELAX_AFTER = 8
+_MAX_OMEGA = 1.9
+_SAFEGUARD = 0.1
 # Bytes of kernel processed per block in the fused pass: small enough to stay
-# in a CPU's L2/L3 cache between the two matrix-vector products of a block.
+# in a CPU core's L2 cache between the two matrix-vector products of a block,
+# large enough that per-call overhead (and the OpenMP barrier of every call,
+# costly when other processes share the cores) stays small.
 _CPU_BLOCK_BYTES = 2 << 20
 _CUDA_BLOCK_BYTES = 64 << 20
 
@@ -72,8 +115,8 @@ class SinkhornResult:
         Logarithm of the per-sample scaling, float64: ``Q[i, j] ~=
         exp(log_alpha[i] + lam * scores[i, j] + log_beta[j])``.
     log_beta : ndarray or Tensor of shape (n_clusters,)
-        Logarithm of the per-cluster scaling, float64. Pass it (or the whole
-        result) as ``warm_start`` to a later call.
+        Logarithm of the per-cluster scaling, float64, with maximum 0. Pass it
+        (or the whole result) as ``warm_start`` to a later call.
     n_iter : int
         Number of scaling iterations run.
     converged : bool
@@ -119,12 +162,26 @@ def balanced_sizes(n_samples, cluster_proportions=None, n_clusters=None, demand=
     Returns
     -------
     sizes : ndarray of shape (n_clusters,), dtype int64
+
+    Examples
+    --------
+    >>> from sklearn_sela import balanced_sizes
+    >>> balanced_sizes(10, n_clusters=4)
+    array([3, 3, 2, 2])
+    >>> balanced_sizes(10, n_clusters=4, demand=[0, 5, 0, 5])
+    array([2, 3, 2, 3])
     """
     if cluster_proportions is None:
-        proportions = np.full(n_clusters, 1.0 / n_clusters)
+        if n_clusters is None or int(n_clusters) < 1:
+            raise ValueError(
+                "balanced_sizes needs cluster_proportions or n_clusters >= 1."
+            )
+        proportions = np.full(int(n_clusters), 1.0 / int(n_clusters))
     else:
-        proportions = np.asarray(cluster_proportions, dtype=np.float64)
-    ideal = proportions * n_samples
+        proportions = _check_proportions(cluster_proportions, len(cluster_proportions))
+    if int(n_samples) < 0:
+        raise ValueError(f"n_samples must be >= 0, got {n_samples}.")
+    ideal = proportions * int(n_samples)
     sizes = np.floor(ideal).astype(np.int64)
     remainder = int(n_samples - sizes.sum())
     if remainder > 0:
@@ -154,8 +211,10 @@ def _check_proportions(cluster_proportions, n_clusters):
             f"cluster_proportions must have one entry per cluster: expected "
             f"shape ({n_clusters},), got {p.shape}."
         )
-    if not np.all(np.isfinite(p)) or np.any(p < 0):
-        raise ValueError("cluster_proportions must be finite and non-negative.")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("cluster_proportions must be finite.")
+    if np.any(p < 0):
+        raise ValueError("cluster_proportions must be non-negative.")
     if np.any(p == 0):
         raise ValueError(
             "cluster_proportions must be strictly positive: a cluster with "
@@ -178,104 +237,289 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _build_kernel(S, W, lam, g, block):
-    """Write ``exp(clamp(lam * S + g - rowmax))`` into ``W``; return row maxima.
+def _log_floor(W):
+    return _LOG_FLOOR_FP16 if W.dtype == torch.float16 else _LOG_FLOOR
 
-    ``S`` and ``W`` may be the same tensor (in-place mode). Returns the row
-    shifts in float64; NaN or +inf in ``S`` shows up as a non-finite shift,
-    which is cheaper than a separate validation pass.
+
+def _floor_value(floor, dtype):
+    # exp(-floor) rounded to the compute dtype, as clamp() compares in it.
+    return float(torch.tensor(-floor, dtype=dtype).exp())
+
+
+def _to_kernel_(x, floor, payload):
+    """Turn log-kernel values ``x <= 0`` into kernel entries, in place.
+
+    Values below ``-floor`` become ``exp(-floor)``; with ``payload`` they are
+    stored a hair below it, ``exp(-floor) * (1 - 2**-10 * t)`` with ``t`` in
+    ``(0, 1]`` growing with the distance below the floor, so that
+    :func:`_to_log_kernel_` can recover them. Entries that were not clamped
+    are ``>= exp(-floor)`` exactly, so the two cases never mix up.
     """
-    n = S.shape[0]
-    cdt = _compute_dtype(W.dtype)
-    g = g.to(device=W.device, dtype=cdt)
-    shifts = torch.empty(n, dtype=torch.float64, device=W.device)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        blk = S[start:stop].to(cdt, copy=True)
-        blk.mul_(lam).add_(g)
-        h = blk.amax(dim=1)
-        # NaN propagates through amax: report it before anything is written.
-        if torch.isnan(h).any():
-            raise ValueError("Input scores contain NaN.")
-        if torch.isposinf(h).any():
-            raise ValueError(
-                "Input scores contain +inf; pass log-probabilities or finite "
-                "scores (-inf is allowed and means probability zero)."
-            )
-        # A row that is entirely -inf carries no preference: make it uniform.
-        h = torch.where(torch.isneginf(h), torch.zeros_like(h), h)
-        blk.sub_(h[:, None]).clamp_(min=-_LOG_FLOOR).exp_()
-        W[start:stop].copy_(blk)
-        shifts[start:stop] = h.double()
-    return shifts
+    low = _floor_value(floor, x.dtype)
+    if payload:
+        tail = torch.clamp(x, max=-floor).neg_().sub_(floor)
+        tail.clamp_(max=_PAYLOAD_RANGE).mul_(-_PAYLOAD / _PAYLOAD_RANGE).add_(1.0)
+        x.clamp_(min=-floor).exp_().clamp_(min=low).mul_(tail)
+    else:
+        x.clamp_(min=-floor).exp_().clamp_(min=low)
+    return x
 
 
-def _absorb(W, log_b, block):
-    """Fold the column scaling ``exp(log_b)`` into ``W``; renormalise rows.
+def _to_log_kernel_(w, floor, payload):
+    """Inverse of :func:`_to_kernel_` (in place, compute dtype)."""
+    if payload:
+        low = _floor_value(floor, w.dtype)
+        tail = torch.mul(w, -1.0 / low).add_(1.0).clamp_(min=0.0)
+        tail.mul_(_PAYLOAD_RANGE / _PAYLOAD)
+        w.log_().clamp_(min=-floor).sub_(tail)
+    else:
+        w.log_()
+    return w
 
-    Returns the per-row log shift that was removed (float64).
+
+def _row_max(x, lam):
+    """Validated row maxima of a block of scores; all -inf rows give 0.
+
+    NaN or +inf in the scores is caught here, from the row maxima, which is
+    cheaper than a separate validation pass. Returns ``(m, empty)``.
     """
-    n = W.shape[0]
-    cdt = _compute_dtype(W.dtype)
-    log_b = log_b.to(cdt)
-    shifts = torch.empty(n, dtype=torch.float64, device=W.device)
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        blk = W[start:stop].to(cdt, copy=True)
-        blk.log_().add_(log_b)
-        h = blk.amax(dim=1)
-        blk.sub_(h[:, None]).clamp_(min=-_LOG_FLOOR).exp_()
-        W[start:stop].copy_(blk)
-        shifts[start:stop] = h.double()
-    return shifts
+    m = x.amax(dim=1)
+    # NaN propagates through amax: report it before anything is written.
+    if torch.isnan(m).any():
+        raise ValueError("Input scores contain NaN.")
+    if torch.isposinf(m).any():
+        raise ValueError(
+            "Input scores contain +inf; pass log-probabilities or finite "
+            "scores (-inf is allowed and means probability zero)."
+        )
+    empty = torch.isneginf(m)
+    return torch.where(empty, torch.zeros_like(m), m), empty
 
 
-def _fused_pass(W, b, block):
-    """One Sinkhorn iteration's pass over ``W``.
+def _log_kernel_block(S, rows, lam, g, cdt, m=None, empty=None, check_zeros=True):
+    """``lam * (S[rows] - m) + g`` as a new ``cdt`` block.
 
-    For each block of rows: ``u = W_blk @ b`` (row sums for the current column
-    scaling), ``a = 1 / u`` (rows then sum to one) and ``v += W_blk.T @ a``
-    (column sums for the new row scaling). Returns ``(a, v)``.
+    ``m`` is the row maximum and ``empty`` flags the rows that are entirely
+    -inf (both computed, validated, when None). Such a row carries no
+    preference: it is made uniform (zero) before ``g`` is added. Other -inf
+    entries are replaced (see ``_ZERO_GAP``) unless ``check_zeros`` is False
+    (the scores are known to have none). Shifting before scaling means
+    ``lam * S`` never overflows. Returns ``(x, m)``.
     """
-    n = W.shape[0]
-    cdt = b.dtype
-    a = torch.empty(n, dtype=cdt, device=W.device)
-    v = torch.zeros_like(b)
-    convert = W.dtype != cdt
-    for start in range(0, n, block):
-        blk = W[start : start + block]
-        if convert:
-            blk = blk.to(cdt)
-        u = torch.mv(blk, b)
-        torch.reciprocal(u, out=a[start : start + block])
-        v.addmv_(blk.t(), a[start : start + block])
-    return a, v
+    x = S[rows].to(cdt, copy=True)
+    if m is None:
+        m, empty = _row_max(x, lam)
+    if empty is not None and empty.any():
+        x[empty] = 0.0
+    x.sub_(m[:, None]).mul_(lam)
+    if check_zeros:
+        # Probability zero ranks _ZERO_GAP below the row's least likely
+        # cluster: reachable (every cluster can be filled) but last resort.
+        zero = torch.isneginf(x)
+        if zero.any():
+            low = torch.where(zero, torch.zeros_like(x), x).amin(dim=1)
+            x = torch.where(zero, (low - _ZERO_GAP)[:, None], x)
+    if g is not None:
+        x.add_(g)
+    return x, m
 
 
-def _scaled_rows(W, b, rows):
-    """Rows of ``W * b`` (proportional to rows of Q), in compute dtype."""
-    return W[rows].to(b.dtype) * b
+class _Kernel:
+    """The working kernel ``W[i, j] = exp(lam * S[i, j] + g[j] - shift[i])``.
 
+    ``g`` (float64) is the part of the column scaling folded in, ``shift``
+    (float64) makes each row's largest entry one. Three storage modes:
 
-def _argmax_labels(W, b, block, top2=False):
-    n = W.shape[0]
-    labels = torch.empty(n, dtype=torch.int64, device=W.device)
-    margin = torch.empty(n, dtype=torch.float64, device=W.device) if top2 else None
-    for start in range(0, n, block):
-        stop = min(start + block, n)
-        q = W[start:stop].to(b.dtype) * b
-        if top2 and W.shape[1] > 1:
-            val, idx = q.topk(2, dim=1)
-            labels[start:stop] = idx[:, 0]
-            margin[start:stop] = (val[:, 0].log() - val[:, 1].log()).double()
+    * stored in a separate matrix ``W`` (the default): absorbing a scaling
+      rebuilds ``W`` from the scores, so clamped entries are recovered
+      exactly;
+    * stored in the scores' own float32/float64 buffer (in-place): clamped
+      entries carry their log-value below the floor (see :func:`_to_kernel_`)
+      and absorbing decodes it;
+    * streamed (in-place float16/bfloat16 buffers, whose few mantissa bits
+      cannot carry that payload): the buffer keeps the scores and every pass
+      recomputes kernel blocks from them in float32. Exact, and absorbing is
+      free, at the price of a few elementwise operations per entry and pass.
+    """
+
+    def __init__(self, S, W, lam, g, payload, streamed):
+        self.S, self.W, self.lam = S, W, lam
+        self.streamed = streamed
+        self.payload = payload
+        self.n, self.k = S.shape
+        # Tensor-like attributes, for sklearn_sela.distributed.
+        self.shape = S.shape
+        self.device = S.device
+        self.cdt = _compute_dtype(W.dtype)
+        self.floor = _LOG_FLOOR if streamed else _log_floor(W)
+        self.block = _block_rows(W)
+        self.g = (
+            torch.zeros(self.k, dtype=torch.float64, device=self.device)
+            if g is None
+            else g.clone()
+        )
+        self.shift = torch.empty(self.n, dtype=torch.float64, device=self.device)
+        if streamed:
+            self.row_max = torch.empty(self.n, dtype=self.cdt, device=self.device)
+            self.empty = torch.empty(self.n, dtype=torch.bool, device=self.device)
+            self.has_zeros = False
+            for start in range(0, self.n, self.block):
+                stop = min(start + self.block, self.n)
+                blk = S[start:stop].to(self.cdt)
+                m, empty = _row_max(blk, lam)
+                self.row_max[start:stop] = m
+                self.empty[start:stop] = empty
+                self.has_zeros = self.has_zeros or bool(torch.isneginf(blk).any())
+            self.has_empty = bool(self.empty.any())
+            self.shift.copy_(self.row_max.double() * lam)
         else:
-            labels[start:stop] = q.argmax(dim=1)
-            if top2:
-                margin[start:stop] = math.inf
+            self._build(None if g is None else self.g)
+
+    def _build(self, g):
+        """Write the kernel for the scores and ``g`` into ``W``."""
+        g = None if g is None else g.to(self.cdt)
+        for start in range(0, self.n, self.block):
+            stop = min(start + self.block, self.n)
+            x, m = _log_kernel_block(self.S, slice(start, stop), self.lam, g, self.cdt)
+            h = m.double() * self.lam
+            if g is not None:
+                hg = x.amax(dim=1)
+                x.sub_(hg[:, None])
+                h += hg.double()
+            _to_kernel_(x, self.floor, self.payload)
+            self.W[start:stop].copy_(x)
+            self.shift[start:stop] = h
+
+    def _stream_block(self, start, stop, g):
+        """Kernel rows ``start:stop`` computed from the scores (streamed)."""
+        rows = slice(start, stop)
+        x, _ = _log_kernel_block(
+            self.S, rows, self.lam, g, self.cdt, self.row_max[rows],
+            self.empty[rows] if self.has_empty else None, self.has_zeros,
+        )
+        h = x.amax(dim=1)
+        x.sub_(h[:, None])
+        self.shift[start:stop] = self.row_max[start:stop].double() * self.lam
+        self.shift[start:stop] += h.double()
+        return x.clamp_(min=-self.floor).exp_()
+
+    def blocks(self):
+        """Yield ``(start, stop, kernel rows in the compute dtype)``."""
+        g = self.g.to(self.cdt) if self.streamed else None
+        for start in range(0, self.n, self.block):
+            stop = min(start + self.block, self.n)
+            if self.streamed:
+                yield start, stop, self._stream_block(start, stop, g)
+            else:
+                yield start, stop, self.W[start:stop].to(self.cdt)
+
+    def fused_pass(self, b, a, v):
+        """One Sinkhorn iteration's pass over the kernel, writing ``a``, ``v``.
+
+        For each block of rows: ``u = W_blk @ b`` (row sums for the current
+        column scaling), ``a = 1 / u`` (rows then sum to one) and
+        ``v += W_blk.T @ a`` (column sums for the new row scaling). The block
+        is read twice, the second time from cache. Nothing of size N x K is
+        allocated.
+        """
+        v.zero_()
+        for start, stop, blk in self.blocks():
+            ab = a[start:stop]
+            torch.mv(blk, b, out=ab)
+            ab.reciprocal_()
+            v.addmv_(blk.t(), ab)
+
+    def absorb(self, log_b):
+        """Fold the column scaling ``exp(log_b)`` into the kernel."""
+        self.g += log_b
+        if self.streamed:
+            return  # the next pass computes its blocks with the new g
+        if self.W is not self.S:
+            # Rebuilding from the scores restores clamped entries exactly.
+            self._build(self.g)
+            return
+        lb = log_b.to(self.cdt)
+        for start in range(0, self.n, self.block):
+            stop = min(start + self.block, self.n)
+            x = self.W[start:stop].to(self.cdt, copy=True)
+            x = _to_log_kernel_(x, self.floor, self.payload).add_(lb)
+            h = x.amax(dim=1)
+            x.sub_(h[:, None])
+            _to_kernel_(x, self.floor, self.payload)
+            self.W[start:stop].copy_(x)
+            self.shift[start:stop] += h.double()
+
+    def log_rows(self, idx, log_b):
+        """``log(W[idx] * b)`` up to per-row constants, in the compute dtype."""
+        if self.streamed:
+            x, _ = _log_kernel_block(
+                self.S, idx, self.lam, (self.g + log_b).to(self.cdt), self.cdt,
+                self.row_max[idx], self.empty[idx] if self.has_empty else None,
+                self.has_zeros,
+            )
+            return x
+        # Payload-encoded floors decode to their (tiny) differences in log.
+        return self.W[idx].to(self.cdt).log_().add_(log_b.to(self.cdt))
+
+
+class _StoredKernel(_Kernel):
+    """A kernel matrix already built (no scores behind it)."""
+
+    def __init__(self, W, block):
+        self.S = self.W = W
+        self.streamed = False
+        self.n, self.k = W.shape
+        self.shape, self.device = W.shape, W.device
+        self.cdt = _compute_dtype(W.dtype)
+        self.block = block
+
+
+def _relaxation_gain(target, col, delta, omega):
+    """Increase of the dual objective from the column step ``omega * delta``.
+
+    With ``alpha`` fixed at its current (exact) value, the dual
+    ``D(alpha, beta) = sum_j t_j beta_j + sum_i alpha_i -
+    sum_ij exp(alpha_i + beta_j) W_ij`` changes by
+    ``sum_j [omega t_j delta_j - col_j expm1(omega delta_j)]`` when
+    ``beta += omega * delta``, ``delta = log(t / col)``. For ``omega = 1``
+    this is the generalised KL divergence of ``col`` from ``t`` (plain
+    Sinkhorn's step, the exact maximiser in ``beta``). The next row update
+    can only increase the dual further, so requiring at least a fixed
+    fraction of the plain gain bounds the over-relaxed iteration's progress
+    below by the plain one's, up to that fraction.
+    """
+    return float((omega * target * delta - col * torch.expm1(omega * delta)).sum())
+
+
+def _topk_labels(kernel, log_b, rows, open_mask, block=None):
+    """Best open cluster and log-margin to the next one, for some rows.
+
+    ``kernel`` is a :class:`_Kernel` (or a kernel matrix, in which case
+    ``block`` is needed); ``log_b`` the pending log column scaling.
+    """
+    if isinstance(kernel, torch.Tensor):
+        kernel = _StoredKernel(kernel, block)
+    device = kernel.device
+    block = kernel.block
+    n_rows = rows.numel()
+    labels = torch.empty(n_rows, dtype=torch.int64, device=device)
+    margin = torch.empty(n_rows, dtype=torch.float64, device=device)
+    closed = ~open_mask
+    two = int(open_mask.sum()) > 1
+    for start in range(0, n_rows, block):
+        q = kernel.log_rows(rows[start : start + block], log_b)
+        q[:, closed] = -math.inf
+        if two:
+            val, top = q.topk(2, dim=1)
+            labels[start : start + block] = top[:, 0]
+            margin[start : start + block] = (val[:, 0] - val[:, 1]).double()
+        else:
+            labels[start : start + block] = q.argmax(dim=1)
+            margin[start : start + block] = 0.0
     return labels, margin
 
 
-def _balanced_labels(W, b, sizes, block):
+def _balanced_labels(kernel, log_b, proportions):
     """Labels with exactly ``sizes[j]`` samples in cluster ``j``.
 
     Greedy rounding of the Sinkhorn plan: every unassigned sample proposes to
@@ -283,22 +527,25 @@ def _balanced_labels(W, b, sizes, block):
     room keeps those that would lose most by moving (largest log-margin to
     their next choice) and closes. Each round closes a cluster or places every
     proposer, so at most K rounds run, and after the first one only the few
-    samples that argmax put into over-full clusters are touched.
+    samples that argmax put into over-full clusters are touched (in blocks,
+    so memory stays bounded). Sizes follow :func:`balanced_sizes`, the
+    rounding remainder going to the clusters argmax fills most.
     """
-    n, k = W.shape
-    device = W.device
-    sizes = torch.as_tensor(sizes, device=device)
-    room = sizes.clone()
-    labels = torch.full((n,), -1, dtype=torch.int64, device=device)
+    n, k = kernel.n, kernel.k
+    device = kernel.device
+    everyone = torch.arange(n, device=device)
     open_mask = torch.ones(k, dtype=torch.bool, device=device)
-    proposal, margin = _argmax_labels(W, b, block, top2=True)
-    pending = torch.arange(n, device=device)
+    proposal, margin = _topk_labels(kernel, log_b, everyone, open_mask)
+    counts = torch.bincount(proposal, minlength=k)
+    sizes = balanced_sizes(n, proportions, demand=counts.cpu().numpy())
+    room = torch.as_tensor(sizes, device=device)
+    labels = torch.full((n,), -1, dtype=torch.int64, device=device)
+    pending = everyone
     while pending.numel():
         counts = torch.bincount(proposal, minlength=k)
         full = counts > room
         if not full.any():
             labels[pending] = proposal
-            room -= counts
             break
         accept = ~full[proposal]
         labels[pending[accept]] = proposal[accept]
@@ -306,8 +553,7 @@ def _balanced_labels(W, b, sizes, block):
         # Over-full clusters keep their `room` proposers with largest margin.
         rest = pending[~accept]
         rest_prop = proposal[~accept]
-        rest_margin = margin[~accept]
-        order = torch.argsort(rest_margin, descending=True, stable=True)
+        order = torch.argsort(margin[~accept], descending=True, stable=True)
         order = order[torch.argsort(rest_prop[order], stable=True)]
         rest, rest_prop = rest[order], rest_prop[order]
         first = torch.searchsorted(rest_prop, rest_prop, right=False)
@@ -317,26 +563,32 @@ def _balanced_labels(W, b, sizes, block):
         room -= torch.bincount(rest_prop[keep], minlength=k)
         open_mask &= room > 0
         pending = rest[~keep]
-        if not pending.numel():
-            break
-        q = _scaled_rows(W, b, pending).log()
-        q[:, ~open_mask] = -math.inf
-        if int(open_mask.sum()) > 1:
-            val, idx = q.topk(2, dim=1)
-            proposal = idx[:, 0]
-            margin = (val[:, 0] - val[:, 1]).double()
-        else:
-            proposal = q.argmax(dim=1)
-            margin = torch.zeros(pending.numel(), dtype=torch.float64, device=device)
+        if pending.numel():
+            proposal, margin = _topk_labels(kernel, log_b, pending, open_mask)
     return labels
 
 
+def _argmax_labels(kernel, b):
+    labels = torch.empty(kernel.n, dtype=torch.int64, device=kernel.device)
+    for start, stop, blk in kernel.blocks():
+        labels[start:stop] = (blk * b).argmax(dim=1)
+    return labels
+
+
+def _is_number(x):
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, (bool, np.bool_))
+
+
 def _validate_scalar_params(lam, tol, max_iter):
-    if not (isinstance(lam, (int, float, np.number)) and np.isfinite(lam) and lam > 0):
+    if not (_is_number(lam) and np.isfinite(lam) and lam > 0):
         raise ValueError(f"lam must be a finite number > 0, got {lam!r}.")
-    if not (isinstance(tol, (int, float, np.number)) and tol >= 0):
+    if not (_is_number(tol) and tol >= 0):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}.")
-    if not (isinstance(max_iter, (int, np.integer)) and max_iter >= 1):
+    if not (
+        isinstance(max_iter, (int, np.integer))
+        and not isinstance(max_iter, bool)
+        and max_iter >= 1
+    ):
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}.")
 
 
@@ -370,9 +622,10 @@ def sinkhorn_knopp(
     ----------
     scores : ndarray or Tensor of shape (n_samples, n_clusters)
         Log-probabilities ``log p(y | x_i)``, or any scores defined up to a
-        per-row constant (logits). ``-inf`` means probability zero. float16,
-        bfloat16, float32 and float64 are accepted, on CPU or CUDA. Not
-        modified unless ``inplace=True``.
+        per-row constant (logits). ``-inf`` means probability zero; a row that
+        is entirely ``-inf`` is treated as uniform. float16, bfloat16, float32
+        and float64 are accepted, on CPU or CUDA. Not modified unless
+        ``inplace=True``.
     lam : float, default=25.0
         Inverse regularisation strength lambda (the paper uses 25). Larger
         values approach the exact transport problem and need more iterations.
@@ -382,7 +635,8 @@ def sinkhorn_knopp(
     tol : float, default=1e-3
         Stop when the L1 error of the cluster marginal (the sample marginal
         being exact after every iteration) is at most ``tol``. The error is
-        in units of total mass, so it is between 0 and 2.
+        in units of total mass, so it is between 0 and 2. float32 working
+        matrices (all but float64 input) cannot resolve much below ``1e-6``.
     max_iter : int, default=1000
         Maximum number of scaling iterations. A
         :class:`~sklearn.exceptions.ConvergenceWarning` is raised when it is
@@ -406,12 +660,18 @@ def sinkhorn_knopp(
         (it must be a writable, C-contiguous float tensor/array). On return,
         ``scores`` holds the soft assignments (``result.soft``); its original
         values are lost. This halves peak memory, e.g. ImageNet-scale
-        N=1,281,167, K=3,000 in float32 (15.4 GB) fits a 24 GB machine.
+        N=1,281,167, K=3,000 in float32 (15.4 GB) fits a 24 GB machine. A
+        float16 buffer holds the kernel with a coarser floor (``exp(-16)``
+        instead of ``exp(-60)``), so prefer float32 buffers for large ``lam``.
     process_group : torch.distributed.ProcessGroup or None, default=None
         When given, ``scores`` is this rank's shard of the rows (samples) of
         a matrix distributed over the group; only K-length vectors are
         exchanged per iteration. Use ``torch.distributed.group.WORLD`` for
-        the default group.
+        the default group. Every rank must call with its shard (the global
+        matrix is the shards concatenated in rank order); ``labels``,
+        ``log_alpha`` and ``soft`` are this rank's rows, and
+        ``assign="balanced"`` gives exact global cluster sizes (see
+        :func:`sklearn_sela.distributed.balanced_labels_distributed`).
 
     Returns
     -------
@@ -426,7 +686,8 @@ def sinkhorn_knopp(
         If ``scores`` is not 2-D, has fewer samples than clusters or no
         cluster, contains NaN or +inf; if ``lam <= 0``; if
         ``cluster_proportions`` has the wrong length, negative entries or
-        does not sum to one.
+        does not sum to one; if ``warm_start`` has the wrong length or is not
+        finite.
 
     See Also
     --------
@@ -438,9 +699,12 @@ def sinkhorn_knopp(
     Each iteration costs one streaming pass over the ``N x K`` working matrix
     (the row update and the column sums share it), the matrix-vector
     iteration of the paper ``alpha <- 1 / (P**lam beta)``,
-    ``beta <- c / (P**lam.T alpha)``. The kernel is built with a per-row shift
-    in the log domain, so float32 is safe for any ``lam``; see the module
-    docstring for details.
+    ``beta <- c / (P**lam.T alpha)``, with the column update over-relaxed
+    under a safeguard that keeps the dual objective increasing. The kernel is
+    built with a per-row shift in the log domain and a floor, so float32 is
+    safe for any ``lam`` and any scores; see the module docstring for details.
+    Apart from the working matrix (none with ``inplace=True``), memory is
+    ``O(N + K)`` plus a few MB of blocks.
 
     Examples
     --------
@@ -453,6 +717,7 @@ def sinkhorn_knopp(
     array([25, 25, 25, 25])
     """
     _validate_scalar_params(lam, tol, max_iter)
+    lam = float(lam)
     if assign not in ("argmax", "balanced"):
         raise ValueError(f"assign must be 'argmax' or 'balanced', got {assign!r}.")
     S, is_torch = _as_tensor(scores, "scores")
@@ -461,7 +726,7 @@ def sinkhorn_knopp(
             f"scores must be a 2-D (n_samples, n_clusters) matrix, got "
             f"{S.ndim}-D with shape {tuple(S.shape)}."
         )
-    if not (S.is_floating_point()):
+    if not S.is_floating_point():
         raise ValueError(f"scores must be a floating point matrix, got dtype {S.dtype}.")
     n_local, k = S.shape
     if k < 1:
@@ -489,10 +754,14 @@ def sinkhorn_knopp(
         work = S.dtype if S.dtype in (torch.float32, torch.float64) else torch.float32
         W = torch.empty((n_local, k), dtype=work, device=S.device)
     cdt = _compute_dtype(W.dtype)
-    block = _block_rows(W)
+    # A half-precision buffer cannot hold the kernel faithfully: stream it.
+    streamed = W.dtype != cdt
+    payload = inplace and not streamed
+    # Keep clamped entries below exp(R - F) of their row's largest one.
+    absorb_range = min(_ABSORB, _log_floor(W) / 2)
 
     if warm_start is None:
-        log_beta = torch.zeros(k, dtype=torch.float64, device=S.device)
+        log_beta = None
     else:
         wb = warm_start.log_beta if isinstance(warm_start, SinkhornResult) else warm_start
         wb = torch.as_tensor(np.asarray(wb) if not isinstance(wb, torch.Tensor) else wb)
@@ -502,33 +771,61 @@ def sinkhorn_knopp(
                 f"shape ({k},), got {tuple(wb.shape)}."
             )
         log_beta = wb.to(device=S.device, dtype=torch.float64).clone()
+        if not torch.isfinite(log_beta).all():
+            raise ValueError("warm_start must be finite.")
         log_beta -= log_beta.max()
-    # log_alpha accumulates everything removed from the rows of lam * S.
-    log_alpha = -_build_kernel(S, W, lam, log_beta, block)
+    kernel = _Kernel(S, W, lam, log_beta, payload, streamed)
 
-    target = torch.as_tensor(proportions * n_total, dtype=cdt, device=S.device)
+    target = torch.as_tensor(proportions * n_total, dtype=torch.float64, device=S.device)
+    target_c = target.to(cdt)
+    # Pending column scaling b = exp(log_b), not yet folded into the kernel.
+    log_b = torch.zeros(k, dtype=torch.float64, device=S.device)
     b = torch.ones(k, dtype=cdt, device=S.device)
+    a = torch.empty(n_local, dtype=cdt, device=S.device)
+    v = torch.empty(k, dtype=cdt, device=S.device)
+    omega = 1.0
+    err_mid = math.inf
     converged = False
     err = math.inf
     n_iter = 0
     for n_iter in range(1, max_iter + 1):
-        a, v = _fused_pass(W, b, block)
+        kernel.fused_pass(b, a, v)
         _global_sum(v, process_group)
-        # (a, b) has exact row sums; b * v are its column sums.
-        err = float((b * v - target).abs().sum()) / n_total
+        # (a, b) has exact row sums; col = b * v are its column sums.
+        col_c = b * v
+        err = float((col_c - target_c).abs().sum()) / n_total
         if err <= tol:
             converged = True
             break
-        b = target / v
-        # Fix the gauge (alpha * s, beta / s) so that b stays near one.
-        b /= b.max()
-        lb = b.log()
-        if float(lb.min()) < -_ABSORB:
-            log_alpha -= _absorb(W, lb, block)
-            log_beta += lb.double()
-            b = torch.ones_like(b)
-    log_alpha += a.double().log() - math.log(n_total)
-    log_beta += b.double().log()
+        if n_iter == max_iter:
+            break
+        if n_iter == _RELAX_AFTER // 2:
+            err_mid = err
+        elif n_iter == _RELAX_AFTER:
+            # Per-iteration rate of plain Sinkhorn; >= 1 on a plateau.
+            rate = (err / err_mid) ** (2.0 / _RELAX_AFTER)
+            omega = min(_MAX_OMEGA, 2.0 / (1.0 + math.sqrt(max(0.0, 1.0 - rate))))
+        col = col_c.double()
+        delta = (target / col).log_()
+        step = omega
+        if step > 1.0:
+            plain = _relaxation_gain(target, col, delta, 1.0)
+            if not _relaxation_gain(target, col, delta, step) >= _SAFEGUARD * plain:
+                step = 1.0
+        log_b += step * delta
+        # Fix the gauge (alpha * s, beta / s) so that b stays <= 1.
+        log_b -= log_b.max()
+        if streamed or float(log_b.min()) < -absorb_range:
+            kernel.absorb(log_b)
+            log_b.zero_()
+        b = log_b.exp().to(cdt)
+    # Q[i, j] = a[i] W[i, j] b[j] / N with W = exp(lam S + g - shift).
+    log_alpha = a.double().log_() - kernel.shift - math.log(n_total)
+    log_beta = kernel.g + log_b
+    # Same gauge as warm starts: max(log_beta) = 0, compensated in log_alpha.
+    top = log_beta.max()
+    log_beta -= top
+    log_alpha += top
 
     if not converged:
         warnings.warn(
@@ -541,19 +838,23 @@ def sinkhorn_knopp(
 
     if assign == "balanced":
         if process_group is not None:
-            raise NotImplementedError("assign='balanced' with a process_group.")
-        sizes = balanced_sizes(n_total, proportions)
-        labels = _balanced_labels(W, b, sizes, block)
+            # Lazy import: the only place this module reaches up the package.
+            from .distributed import balanced_labels_distributed
+
+            labels = balanced_labels_distributed(
+                kernel, log_b, proportions, kernel.block, process_group
+            )
+        else:
+            labels = _balanced_labels(kernel, log_b, proportions)
     else:
-        labels, _ = _argmax_labels(W, b, block)
+        labels = _argmax_labels(kernel, b)
 
     soft = None
     if return_soft or inplace:
-        for start in range(0, n_local, block):
-            blk = W[start : start + block]
-            q = blk.to(cdt) * b
+        for start, stop, q in kernel.blocks():
+            q = q * b
             q /= q.sum(dim=1, keepdim=True)
-            blk.copy_(q)
+            W[start:stop].copy_(q)
         soft = W
 
     def out(t):
@@ -595,8 +896,16 @@ def soft_assignments(scores, log_beta, *, lam=25.0, rows=None):
     Returns
     -------
     Q : ndarray or Tensor of shape (n_rows, n_clusters)
-        float32 (float64 for float64 scores); each row sums to one.
+        float32 (float64 for float64 scores); each row sums to one. Only this
+        matrix is allocated.
+
+    Raises
+    ------
+    ValueError
+        If ``scores`` is not 2-D or contains NaN or +inf, if ``log_beta`` has
+        the wrong shape or if ``lam <= 0``.
     """
+    _validate_scalar_params(lam, 0.0, 1)
     S, is_torch = _as_tensor(scores, "scores")
     if S.ndim != 2:
         raise ValueError(f"scores must be 2-D, got shape {tuple(S.shape)}.")
@@ -610,6 +919,17 @@ def soft_assignments(scores, log_beta, *, lam=25.0, rows=None):
             f"log_beta must have shape ({S.shape[1]},), got {tuple(lb.shape)}."
         )
     cdt = _compute_dtype(S.dtype)
-    z = S.to(cdt) * lam + lb.to(device=S.device, dtype=cdt)
-    q = torch.softmax(z, dim=1)
-    return q if is_torch else q.numpy()
+    q = S.to(cdt, copy=True)
+    m = q.amax(dim=1)
+    if torch.isnan(m).any() or torch.isposinf(m).any():
+        raise ValueError("Input scores contain NaN or +inf.")
+    # Same conventions as the solver: shift before scaling (no overflow), an
+    # all -inf row is uniform.
+    empty = torch.isneginf(m)
+    if empty.any():
+        q[empty] = 0.0
+        m = torch.where(empty, torch.zeros_like(m), m)
+    q.sub_(m[:, None]).mul_(float(lam)).add_(lb.to(device=S.device, dtype=cdt))
+    q.sub_(q.amax(dim=1, keepdim=True)).exp_()
+    q.div_(q.sum(dim=1, keepdim=True))
+    return q if is_torch else q.cpu().numpy()
