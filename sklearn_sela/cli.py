@@ -583,48 +583,27 @@ def _parse_image_size(text):
     return size
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum, auto=False, why=""):
+    """argparse type: an int >= ``minimum`` (or "auto" when ``auto``)."""
 
-
-def _batch_size(text):
-    value = _positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError("must be >= 2 (batch normalisation needs 2 samples)")
-    return value
-
-
-def _nonneg_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _int_or_auto(minimum):
     def parse(text):
-        if text == "auto":
+        if auto and text == "auto":
             return "auto"
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected an integer or 'auto', got {text!r}"
-            ) from None
+            expected = "an integer or 'auto'" if auto else "an integer"
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}{why}, got {value}")
         return value
 
     return parse
+
+
+_positive_int = _int_at_least(1)
+_nonneg_int = _int_at_least(0)
+_batch_size = _int_at_least(2, why=" (batch normalisation needs 2 samples)")
 
 
 def _positive_float(text):
@@ -724,13 +703,14 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
     from .clusterer import SelfLabelClusterer
 
     clusters = args.clusters[0] if len(args.clusters) == 1 else list(args.clusters)
+    # Options left unset keep the estimator's own defaults.
+    optional = {"batch_size": args.batch_size} if args.batch_size is not None else {}
     return SelfLabelClusterer(
         n_clusters=clusters,
         n_heads=args.heads,
         backbone=args.backbone,
         augment=None if args.no_augment else "auto",
         max_epochs=args.epochs,
-        batch_size=args.batch_size,
         lr=args.lr,
         n_label_updates=args.label_updates,
         lam=args.lam,
@@ -742,6 +722,7 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         random_state=args.seed,
+        **optional,
     )
 
 
@@ -1081,12 +1062,12 @@ def build_parser():
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=_int_or_auto(1), default="auto", metavar="N|auto",
+    t.add_argument("--epochs", type=_int_at_least(1, auto=True), default="auto", metavar="N|auto",
                    help="training epochs, or auto (about 400k sample visits, 20-200 epochs)")
-    t.add_argument("--batch-size", type=_batch_size, default=256, metavar="N",
-                   help="mini-batch size")
+    t.add_argument("--batch-size", type=_batch_size, default=None, metavar="N",
+                   help="mini-batch size (default: SelfLabelClusterer's)")
     t.add_argument("--lr", type=_positive_float, default=0.05, metavar="LR", help="initial SGD learning rate")
-    t.add_argument("--label-updates", type=_int_or_auto(0), default="auto", metavar="M|auto",
+    t.add_argument("--label-updates", type=_int_at_least(0, auto=True), default="auto", metavar="M|auto",
                    help="number of self-labelling (Sinkhorn) steps; auto = half the epochs")
     t.add_argument("--lam", type=_positive_float, default=25.0, metavar="LAMBDA", help="Sinkhorn lambda")
     t.add_argument("--assign", choices=("argmax", "balanced"), default="argmax",
