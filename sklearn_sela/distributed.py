@@ -37,7 +37,6 @@ import torch.distributed as dist
 from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import to_device
-from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.data import Sampler, Subset
 
 __all__ = [
@@ -602,8 +601,6 @@ def update_labels_distributed(net, dataset, group):
     same ``(N, T)`` tensor on every rank. Returns the same info dict as
     :meth:`SelfLabelNet.update_labels`, plus ``"local_rows"``.
     """
-    from .sinkhorn import sinkhorn_knopp
-
     start = time.perf_counter()
     n = len(net.labels_)
     world, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -620,33 +617,13 @@ def update_labels_distributed(net, dataset, group):
         for buf, logits in zip(buffers, outputs):
             buf[rows] = torch.log_softmax(logits.float(), dim=1).to(dev)
     local = torch.empty((hi - lo, len(buffers)), dtype=torch.int64, device=dev)
-    iters = []
+    solves = []
     for t in range(len(buffers)):
-        res = sinkhorn_knopp(
-            buffers[t],
-            lam=net.lam,
-            tol=net.sinkhorn_tol,
-            max_iter=net.sinkhorn_max_iter,
-            warm_start=net.log_betas_[t],
-            assign=net.assign,
-            inplace=True,
-            process_group=group,
-        )
-        local[:, t] = res.labels
-        net.log_betas_[t] = res.log_beta
-        iters.append(res.n_iter)
-        buffers[t] = res = None  # free this head's shard before the next one
+        local[:, t], res = net.solve_head(buffers[t], t, process_group=group)
+        solves.append(res)
+        buffers[t] = None  # free this head's shard before the next one
     previous = net.labels_.clone()
     net.labels_ = all_gather_rows(local, group).cpu()
-    info = {"sinkhorn_iter": iters, "min_size": [], "max_size": [], "nmi_prev": []}
-    for t, k in enumerate(net.n_clusters):
-        sizes = torch.bincount(net.labels_[:, t], minlength=k)
-        info["min_size"].append(int(sizes.min()))
-        info["max_size"].append(int(sizes.max()))
-        info["nmi_prev"].append(
-            float(normalized_mutual_info_score(previous[:, t], net.labels_[:, t]))
-        )
-    net.label_updates_ += 1
+    info = net.label_update_info(previous, solves, start)
     info["local_rows"] = hi - lo
-    info["time"] = time.perf_counter() - start
     return info

@@ -205,39 +205,68 @@ class SelfLabelNet(NeuralNet):
         buffers = [torch.empty((n, k), dtype=torch.float32) for k in self.n_clusters]
         self.log_probas_into(dataset, buffers)
         previous = self.labels_.clone()
+        solves = []
+        for t, buf in enumerate(buffers):
+            labels, res = self.solve_head(buf, t)
+            self.labels_[:, t] = labels
+            solves.append(res)
+        del buffers
+        return self.label_update_info(previous, solves, start)
+
+    def solve_head(self, buf, t, process_group=None):
+        """Solve head ``t``'s transport problem on its log-probabilities.
+
+        ``buf`` is overwritten (in-place solve) and the head's scaling is
+        kept for the next warm start. Non-convergence is not warned about
+        here: it is recorded per update and reported once at the end of
+        training by :class:`SelfLabelling`.
+
+        Returns
+        -------
+        labels : Tensor of shape (len(buf),)
+        result : SinkhornResult
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = sinkhorn_knopp(
+                buf,
+                lam=self.lam,
+                tol=self.sinkhorn_tol,
+                max_iter=self.sinkhorn_max_iter,
+                warm_start=self.log_betas_[t],
+                assign=self.assign,
+                inplace=True,
+                process_group=process_group,
+            )
+        self.log_betas_[t] = res.log_beta
+        # The soft plan is the scratch buffer: let the caller free it.
+        res.soft = None
+        return res.labels, res
+
+    def label_update_info(self, previous, solves, start):
+        """Count the update and summarise it against the ``previous`` labels.
+
+        Returns
+        -------
+        info : dict
+            Per head (lists): Sinkhorn iterations, convergence, smallest and
+            largest cluster, NMI with the previous labelling; and the time
+            since ``start``.
+        """
         info = {
-            "sinkhorn_iter": [],
-            "converged": [],
+            "sinkhorn_iter": [res.n_iter for res in solves],
+            "converged": [bool(res.converged) for res in solves],
             "min_size": [],
             "max_size": [],
             "nmi_prev": [],
         }
-        for t, buf in enumerate(buffers):
-            # Non-convergence is recorded per update (info["converged"]) and
-            # reported once at the end of training by SelfLabelling, rather
-            # than as one warning per head and update.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                res = sinkhorn_knopp(
-                    buf,
-                    lam=self.lam,
-                    tol=self.sinkhorn_tol,
-                    max_iter=self.sinkhorn_max_iter,
-                    warm_start=self.log_betas_[t],
-                    assign=self.assign,
-                    inplace=True,
-                )
-            info["converged"].append(bool(res.converged))
-            self.labels_[:, t] = res.labels
-            self.log_betas_[t] = res.log_beta
-            sizes = torch.bincount(res.labels, minlength=self.n_clusters[t])
-            info["sinkhorn_iter"].append(res.n_iter)
+        for t, k in enumerate(self.n_clusters):
+            sizes = torch.bincount(self.labels_[:, t], minlength=k)
             info["min_size"].append(int(sizes.min()))
             info["max_size"].append(int(sizes.max()))
             info["nmi_prev"].append(
                 float(normalized_mutual_info_score(previous[:, t], self.labels_[:, t]))
             )
-        del buffers
         self.label_updates_ += 1
         info["time"] = time.perf_counter() - start
         return info
