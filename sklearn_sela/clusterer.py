@@ -60,8 +60,12 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     ----------
     n_clusters : int or list of int, default=10
         Number of clusters K, or one K per head (heads may differ, paper 3.5).
-    n_heads : int, default=1
-        Number of clustering heads T sharing the backbone. Ignored if
+    n_heads : int, default=10
+        Number of clustering heads T sharing the backbone (paper 3.5: T = 10
+        for its best ImageNet model). Each head starts from its own random
+        labelling, which keeps the shared features from settling on one
+        poor clustering: on digits, mean accuracy 0.95 over 4 seeds with 10
+        heads against 0.85 with one (docs/benchmarks_quality.md). Ignored if
         ``n_clusters`` is a list (then T = its length).
     backbone : str or torch.nn.Module, default="auto"
         ``"auto"`` (MLP for tabular data, a compact conv net for images
@@ -70,8 +74,14 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         or a module mapping a batch to ``(B, D)`` features.
     augment : "auto", callable or None, default="auto"
         Per-sample transform of a float ``(C, H, W)`` (or ``(D,)``) tensor
-        applied in training and in the self-labelling pass (paper 3.4).
-        ``"auto"`` picks a preset by data kind (none for tabular data).
+        applied in training (paper 3.4). ``"auto"`` picks a preset by data
+        kind (none for tabular data).
+    augment_labels : bool, default=False
+        Whether the self-labelling pass also sees the augmentation (one
+        random view per sample). The default labels the plain samples, a
+        steadier estimate of the paper's expectation over transformations:
+        on digits, clustering accuracy 0.95 against 0.76 with 10 heads
+        (docs/benchmarks_quality.md).
     max_epochs : int or "auto", default="auto"
         Training epochs; ``"auto"`` uses about 400k sample visits, clipped to
         [20, 200] epochs.
@@ -98,8 +108,14 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         (appendix A.1) or evenly.
     lam : float, default=25.0
         Sinkhorn lambda (paper: 25).
-    sinkhorn_tol : float, default=1e-3
-        Marginal tolerance of each Sinkhorn solve.
+    sinkhorn_tol : float, default=1e-2
+        Marginal tolerance (L1 error of the cluster sizes, as fractions of
+        N) of each Sinkhorn solve during training. Looser than the solver's
+        own default (1e-3): once the network is confident the solve is
+        nearly an unregularised assignment and converges slowly, while the
+        labels barely change (on digits, 99% of the labels of a solve to
+        1e-4, 3.4x fewer iterations than 1e-3, and half the fit time at the
+        same clustering accuracy; docs/benchmarks_quality.md).
     assign : {"argmax", "balanced"}, default="argmax"
         Labels from the transport plan by argmax (paper) or as an exact
         equipartition.
@@ -169,6 +185,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         "n_heads": [Interval(Integral, 1, None, closed="left")],
         "backbone": [str, torch.nn.Module],
         "augment": [StrOptions({"auto"}), callable, None],
+        "augment_labels": ["boolean"],
         "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
@@ -195,10 +212,11 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     def __init__(
         self,
         n_clusters=10,
-        n_heads=1,
+        n_heads=10,
         *,
         backbone="auto",
         augment="auto",
+        augment_labels=False,
         max_epochs="auto",
         batch_size=128,
         lr=0.05,
@@ -209,7 +227,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         n_label_updates="auto",
         label_schedule="quadratic",
         lam=25.0,
-        sinkhorn_tol=1e-3,
+        sinkhorn_tol=1e-2,
         assign="argmax",
         head=0,
         image_size=None,
@@ -225,6 +243,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_heads = n_heads
         self.backbone = backbone
         self.augment = augment
+        self.augment_labels = augment_labels
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -304,6 +323,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             lam=self.lam,
             sinkhorn_tol=self.sinkhorn_tol,
             assign=self.assign,
+            augment_labels=self.augment_labels,
             label_seed=seed,
             optimizer=torch.optim.SGD,
             optimizer__momentum=self.momentum,

@@ -307,8 +307,8 @@ class TrueLabelNMI(Callback):
     >>> X, y = load_digits(return_X_y=True)
     >>> est = SelfLabelClusterer(10, max_epochs=2, callbacks=[TrueLabelNMI(y[:300])],
     ...                          random_state=0).fit(X[:300])
-    >>> [len(row["nmi_true"]) for row in est.history_ if "nmi_true" in row]
-    [1]
+    >>> [len(row["nmi_true"]) for row in est.history_ if "nmi_true" in row]  # per head
+    [10]
     """
 
     def __init__(self, y_true):

@@ -195,7 +195,9 @@ def test_fit_arrays(tmp_path, capsys):
     assert status == 0
     with open(tmp_path / "a" / "labels.csv") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["index", "label_0"] and rows[1][0] == "0" and len(rows) == 41
+    # One column per head (the estimator's default, 10 heads).
+    assert rows[0] == ["index"] + [f"label_{t}" for t in range(10)]
+    assert rows[1][0] == "0" and len(rows) == 41
     assert not any(n.startswith("montage") for n in os.listdir(tmp_path / "a"))
 
     images = rng.integers(0, 255, size=(30, 10, 10), dtype=np.uint8)

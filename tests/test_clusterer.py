@@ -39,11 +39,51 @@ def _label_updates(est):
 def test_loss_falls_with_fixed_labels(digits):
     X, _ = digits
     est = SelfLabelClusterer(
-        n_clusters=10, max_epochs=6, n_label_updates=1, batch_size=64, random_state=0
+        n_clusters=10, n_heads=1, max_epochs=6, n_label_updates=1, batch_size=64,
+        random_state=0,
     ).fit(X)
     losses = [row["train_loss"] for row in est.history_]
     assert len(losses) == 6
     assert losses[-1] < 0.8 * losses[1]
+
+
+class _CountingAugment:
+    """Identity transform that counts the samples it is applied to."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return x
+
+
+@pytest.mark.parametrize("augment_labels", [False, True])
+def test_label_pass_sees_augmentation_only_when_asked(digits, augment_labels):
+    X, _ = digits
+    aug = _CountingAugment()
+    est = SelfLabelClusterer(
+        n_clusters=4, n_heads=1, max_epochs=2, n_label_updates=2, batch_size=64,
+        augment=aug, augment_labels=augment_labels, random_state=0,
+    ).fit(X)
+    assert est.net_.label_updates_ == 2
+    # 2 training epochs over the 400 samples, plus 2 label passes if asked.
+    assert aug.calls == 2 * len(X) + (2 * len(X) if augment_labels else 0)
+
+
+def test_label_dataset_drops_only_the_transform(digits):
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+
+    X, _ = digits
+    base, _ = as_dataset(X)
+    train = AugmentedDataset(base, _CountingAugment())
+    net = SelfLabelClusterer(n_clusters=4, **FAST).fit(X).net_
+    plain = net.get_label_dataset(train)
+    assert plain.base is base and plain.transform is None
+    assert len(plain) == len(train)
+    net.set_params(augment_labels=True)
+    assert net.get_label_dataset(train) is train
+    assert net.get_label_dataset(base) is base  # not augmented: used as is
 
 
 def test_labels_change_and_stay_balanced(digits):
@@ -175,7 +215,8 @@ def test_checkpoint_loads_without_code(digits, tmp_path):
     X, _ = digits
     SelfLabelClusterer(n_clusters=4, checkpoint_dir=str(tmp_path), **FAST).fit(X)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["epochs_done"] == 3 and state["labels"].shape == (len(X), 1)
+    # One label column per head (the default, 10 heads).
+    assert state["epochs_done"] == 3 and state["labels"].shape == (len(X), 10)
 
 
 @pytest.mark.parametrize("dump", ["pickle", "joblib"])
