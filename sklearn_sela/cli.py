@@ -60,7 +60,7 @@ _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 EPILOG = """\
 examples:
-  sela demo                                   # digits, under a minute
+  sela demo                                   # digits, about 1.5 minutes
   sela fit photos/ --clusters 50 --image-size 64 --out run1
   sela fit data.npy --clusters 10 --heads 5 --epochs 100 --features
   sela predict run1/model.pt new_photos/ --out run1/new
@@ -1020,8 +1020,8 @@ def build_parser():
             "Writes into --out: digits_montage.png (one row of random members "
             "per cluster) and digits_label_nmi.png (NMI between consecutive "
             "self-labellings, and with the true digits, over training). Takes "
-            "under a minute on two idle CPU cores (up to three on a busy "
-            "machine; --threads 1 helps there); needs no download.",
+            "about a minute and a half on two idle CPU cores (longer on a "
+            "busy machine; --threads 1 helps there); needs no download.",
         ),
     )
     p.add_argument("--out", default=".", metavar="DIR", help="folder for the PNG files")
