@@ -86,6 +86,38 @@ def test_label_dataset_drops_only_the_transform(digits):
     assert net.get_label_dataset(base) is base  # not augmented: used as is
 
 
+def test_heads_from_cached_features_match_full_pass(digits, monkeypatch):
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+    from sklearn_sela.training import SelfLabelNet
+
+    real = SelfLabelNet.features_into
+    calls = []
+
+    def counting(self, *args):
+        calls.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(SelfLabelNet, "features_into", counting)
+    X, _ = digits
+    base = AugmentedDataset(as_dataset(X)[0], None)  # yields (x, index)
+    # Features (16) + one head (20) < all heads (8 x 20): the label pass
+    # computes the features once and each head's matrix from them in turn.
+    narrow = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU())
+    net = SelfLabelClusterer(n_clusters=[20] * 8, backbone=narrow, **FAST).fit(X).net_
+    assert calls  # the fit's label updates took this path
+    calls.clear()
+    full = [torch.empty((len(X), 20)) for _ in range(8)]
+    net.log_probas_into(base, full)
+    got = [(t, buf.clone()) for t, buf in net.head_log_probas(base)]
+    assert calls == [1] and [t for t, _ in got] == list(range(8))
+    for (_, buf), ref in zip(got, full):
+        torch.testing.assert_close(buf, ref, rtol=1e-5, atol=1e-5)
+    # Wide features: all heads in one pass, no feature cache.
+    wide = SelfLabelClusterer(n_clusters=4, n_heads=2, **FAST).fit(X).net_
+    calls.clear()
+    assert len(list(wide.head_log_probas(base))) == 2 and calls == []
+
+
 def test_labels_change_and_stay_balanced(digits):
     X, _ = digits
     est = SelfLabelClusterer(
