@@ -65,6 +65,7 @@ def run_ours(X, args, seed):
     timer = EpochTimes()
     model = SelfLabelClusterer(
         n_clusters=args.k,
+        n_heads=args.heads,
         backbone=args.backbone,
         augment="auto",
         max_epochs=args.warmup + args.epochs,
@@ -93,13 +94,15 @@ def run_baseline(X, args, seed):
     augment = default_augmentation(info)
     torch.manual_seed(seed)
     backbone, dim = make_backbone(args.backbone, info)
-    model = MultiHeadNet(backbone, dim, [args.k])
+    model = MultiHeadNet(backbone, dim, [args.k] * args.heads)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     crit = torch.nn.CrossEntropyLoss()
     n = len(base)
     data = base.get_batch(range(n))  # all samples as one float tensor
     gen = torch.Generator().manual_seed(seed)
-    labels = torch.randperm(n, generator=gen) % args.k
+    labels = torch.stack(
+        [torch.randperm(n, generator=gen) % args.k for _ in range(args.heads)], dim=1
+    )
     bs = min(args.batch_size, n)
     times = []
     model.train()
@@ -112,7 +115,8 @@ def run_baseline(X, args, seed):
                 continue
             xb = augment(data[idx]) if augment is not None else data[idx]
             logits = model(xb)
-            loss = sum(crit(z, labels[idx]) for z in logits) / len(logits)
+            targets = labels[idx]
+            loss = sum(crit(z, targets[:, t]) for t, z in enumerate(logits)) / len(logits)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -126,6 +130,8 @@ def main(argv=None):
     p.add_argument("--subset", type=int, default=10000, help="Fashion-MNIST training images")
     p.add_argument("--backbone", default="convnet")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--heads", type=int, default=10,
+                   help="clustering heads T, for both loops (the estimator's default)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per round")
