@@ -35,9 +35,7 @@ import time
 import torch
 import torch.distributed as dist
 from skorch.callbacks import Callback
-from skorch.dataset import unpack_data
-from skorch.utils import to_device
-from torch.utils.data import Sampler, Subset
+from torch.utils.data import Sampler
 
 __all__ = [
     "get_process_group",
@@ -595,7 +593,10 @@ def update_labels_distributed(net, dataset, group):
     whose samples are sharded over ``group``.
 
     Rank ``r`` computes the log-probabilities of its contiguous shard only
-    (:func:`shard_bounds`) into ``(N_r, K_t)`` buffers, solves each head with
+    (:func:`shard_bounds`), head by head
+    (:meth:`~sklearn_sela.training.SelfLabelNet.head_log_probas`: one
+    ``(N_r, K_t)`` buffer per head, or cached features and one reused
+    buffer when the features are narrower than the heads together), solves each head with
     the distributed Sinkhorn (``process_group=group``; ``K``-length
     all-reduces) and all-gathers the int64 labels, so ``net.labels_`` is the
     same ``(N, T)`` tensor on every rank. Returns the same info dict as
@@ -608,20 +609,12 @@ def update_labels_distributed(net, dataset, group):
     dev = collective_device(group)
     module = unwrap_module(net.module_)
     _broadcast_buffers(module, group)
-    net._set_training(False)
-    buffers = [torch.empty((hi - lo, k), dtype=torch.float32, device=dev) for k in net.n_clusters]
-    for batch in net.get_iterator(Subset(dataset, range(lo, hi)), training=False):
-        Xi, idx = unpack_data(batch)
-        outputs = module(to_device(Xi, net.device))
-        rows = torch.as_tensor(idx).to(dev) - lo
-        for buf, logits in zip(buffers, outputs):
-            buf[rows] = torch.log_softmax(logits.float(), dim=1).to(dev)
-    local = torch.empty((hi - lo, len(buffers)), dtype=torch.int64, device=dev)
+    local = torch.empty((hi - lo, len(net.n_clusters)), dtype=torch.int64, device=dev)
     solves = []
-    for t in range(len(buffers)):
-        local[:, t], res = net.solve_head(buffers[t], t, process_group=group)
+    for t, buf in net.head_log_probas(dataset, shard=(lo, hi), device=dev):
+        local[:, t], res = net.solve_head(buf, t, process_group=group)
         solves.append(res)
-        buffers[t] = None  # free this head's shard before the next one
+        del buf
     previous = net.labels_.clone()
     net.labels_ = all_gather_rows(local, group).cpu()
     info = net.label_update_info(previous, solves, start)

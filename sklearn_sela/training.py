@@ -19,6 +19,7 @@ from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import to_device
 from sklearn.exceptions import ConvergenceWarning
+from torch.utils.data import Subset
 from sklearn.metrics import normalized_mutual_info_score
 
 from .backbones import MultiHeadNet
@@ -172,58 +173,71 @@ class SelfLabelNet(NeuralNet):
         ]
         return sum(losses) / len(losses)
 
+    def _label_batches(self, dataset, offset=0):
+        """Yield ``(inputs on the device, buffer rows)`` in evaluation mode.
+
+        The module is called unwrapped: a DistributedDataParallel wrapper
+        would synchronise buffers at every forward, and the ranks' shards
+        may differ by a batch.
+        """
+        self._set_training(False)
+        for batch in self.get_iterator(dataset, training=False):
+            Xi, idx = unpack_data(batch)
+            yield to_device(Xi, self.device), torch.as_tensor(idx).cpu() - offset
+
     @torch.no_grad()
-    def log_probas_into(self, dataset, buffers):
+    def log_probas_into(self, dataset, buffers, offset=0):
         """Write every head's log-probabilities for ``dataset`` into ``buffers``.
 
         ``buffers[t]`` is a preallocated ``(N, K_t)`` float32 tensor; rows
-        are filled at the sample indices the dataset yields, so no list of
-        batch outputs is ever concatenated.
+        are filled at the sample indices the dataset yields, minus
+        ``offset`` (a shard's first index), so no list of batch outputs is
+        ever concatenated.
         """
-        self._set_training(False)
-        for batch in self.get_iterator(dataset, training=False):
-            Xi, idx = unpack_data(batch)
-            outputs = self.infer(Xi)
-            idx = idx.cpu()
-            for buf, logits in zip(buffers, outputs):
-                buf[idx] = torch.log_softmax(logits.float(), dim=1).cpu()
+        module = unwrap_module(self.module_)
+        for x, rows in self._label_batches(dataset, offset):
+            for buf, logits in zip(buffers, module(x)):
+                buf[rows.to(buf.device)] = torch.log_softmax(logits.float(), dim=1).to(buf.device)
         return buffers
 
     @torch.no_grad()
-    def features_into(self, dataset, buffer):
+    def features_into(self, dataset, buffer, offset=0):
         """Write the backbone features of ``dataset`` into ``buffer`` (N, D)."""
-        self._set_training(False)
         module = unwrap_module(self.module_)
-        for batch in self.get_iterator(dataset, training=False):
-            Xi, idx = unpack_data(batch)
-            buffer[idx.cpu()] = module.features(to_device(Xi, self.device)).float().cpu()
+        for x, rows in self._label_batches(dataset, offset):
+            buffer[rows] = module.features(x).float().cpu()
         return buffer
 
-    def head_log_probas(self, dataset):
+    def head_log_probas(self, dataset, shard=None, device="cpu"):
         """Yield ``(t, log-probabilities)`` of each head for ``dataset``.
 
-        Each ``(N, K_t)`` float32 matrix may be overwritten by the caller
-        and is not used again after the next one is requested. When the
-        backbone features are narrower than the heads' outputs together
-        (``D + max K_t < sum K_t``, e.g. ImageNet with ``D = 4096``,
-        ``K = 3000``, ``T = 10``), the features are computed once and each
-        head's matrix in turn from them, into one reused buffer, as the
-        paper's release does: ``N (D + max K)`` floats instead of
-        ``N sum K`` (36 GB instead of 154 GB in that example). Otherwise
-        all heads are computed in one pass.
+        Each ``(N, K_t)`` float32 matrix (on ``device``) may be overwritten
+        by the caller and is not used again after the next one is
+        requested. ``shard=(lo, hi)`` restricts the pass to samples
+        ``lo:hi`` (one rank's rows). When the backbone features are
+        narrower than the heads' outputs together (``D + max K_t < sum
+        K_t``, e.g. ImageNet with ``D = 4096``, ``K = 3000``, ``T = 10``),
+        the features are computed once and each head's matrix in turn from
+        them, into one reused buffer, as the paper's release does:
+        ``N (D + max K)`` floats instead of ``N sum K`` (36 GB instead of
+        154 GB in that example). Otherwise all heads are computed in one
+        pass.
         """
-        n, ks = len(self.labels_), list(self.n_clusters)
+        lo, hi = (0, len(self.labels_)) if shard is None else shard
+        if shard is not None:
+            dataset = Subset(dataset, range(lo, hi))
+        n, ks = hi - lo, list(self.n_clusters)
         module = unwrap_module(self.module_)
         dim = getattr(module, "feature_dim", None)
         if not isinstance(module, MultiHeadNet) or dim + max(ks) >= sum(ks):
-            buffers = [torch.empty((n, k), dtype=torch.float32) for k in ks]
-            self.log_probas_into(dataset, buffers)
+            buffers = [torch.empty((n, k), dtype=torch.float32, device=device) for k in ks]
+            self.log_probas_into(dataset, buffers, offset=lo)
             for t in range(len(ks)):
                 buf, buffers[t] = buffers[t], None  # freed once solved
                 yield t, buf
             return
-        feats = self.features_into(dataset, torch.empty((n, dim), dtype=torch.float32))
-        storage = torch.empty(n * max(ks), dtype=torch.float32)
+        feats = self.features_into(dataset, torch.empty((n, dim), dtype=torch.float32), lo)
+        storage = torch.empty(n * max(ks), dtype=torch.float32, device=device)
         # The heads' products run where the model is (a GPU does them in a
         # blink), in row blocks of a few MB (CPU cache) or 256 MB (GPU).
         dev = next(module.parameters()).device
@@ -232,9 +246,9 @@ class SelfLabelNet(NeuralNet):
         for t, (k, head) in enumerate(zip(ks, module.heads)):
             buf = storage[: n * k].view(n, k)
             weight, bias = head.weight.detach().float(), head.bias.detach().float()
-            for lo in range(0, n, rows):
-                block = torch.addmm(bias, feats[lo:lo + rows].to(dev), weight.t())
-                buf[lo:lo + rows] = torch.log_softmax(block, dim=1).cpu()
+            for start in range(0, n, rows):
+                block = torch.addmm(bias, feats[start:start + rows].to(dev), weight.t())
+                buf[start:start + rows] = torch.log_softmax(block, dim=1).to(storage.device)
             yield t, buf
 
     def get_label_dataset(self, dataset):

@@ -112,10 +112,18 @@ def test_heads_from_cached_features_match_full_pass(digits, monkeypatch):
     assert calls == [1] and [t for t, _ in got] == list(range(8))
     for (_, buf), ref in zip(got, full):
         torch.testing.assert_close(buf, ref, rtol=1e-5, atol=1e-5)
+    # One rank's shard (distributed label pass): rows 100:250 of the same.
+    for t, buf in net.head_log_probas(base, shard=(100, 250)):
+        torch.testing.assert_close(buf, full[t][100:250], rtol=1e-5, atol=1e-5)
     # Wide features: all heads in one pass, no feature cache.
     wide = SelfLabelClusterer(n_clusters=4, n_heads=2, **FAST).fit(X).net_
     calls.clear()
-    assert len(list(wide.head_log_probas(base))) == 2 and calls == []
+    both = [torch.empty((len(X), 4)) for _ in range(2)]
+    wide.log_probas_into(base, both)
+    shard = list(wide.head_log_probas(base, shard=(100, 250)))
+    assert [t for t, _ in shard] == [0, 1] and calls == []
+    for t, buf in shard:
+        torch.testing.assert_close(buf, both[t][100:250])
 
 
 def test_labels_change_and_stay_balanced(digits):
