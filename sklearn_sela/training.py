@@ -19,8 +19,8 @@ from skorch.callbacks import Callback
 from skorch.dataset import unpack_data
 from skorch.utils import to_device
 from sklearn.exceptions import ConvergenceWarning
-from torch.utils.data import Subset
 from sklearn.metrics import normalized_mutual_info_score
+from torch.utils.data import Subset
 
 from .backbones import MultiHeadNet
 from .data import AugmentedDataset
@@ -176,9 +176,9 @@ class SelfLabelNet(NeuralNet):
     def _label_batches(self, dataset, offset=0):
         """Yield ``(inputs on the device, buffer rows)`` in evaluation mode.
 
-        The module is called unwrapped: a DistributedDataParallel wrapper
-        would synchronise buffers at every forward, and the ranks' shards
-        may differ by a batch.
+        Callers run the unwrapped module on them: a DistributedDataParallel
+        wrapper would synchronise buffers at every forward, and the ranks'
+        shards may differ by a batch.
         """
         self._set_training(False)
         for batch in self.get_iterator(dataset, training=False):
