@@ -640,6 +640,12 @@ def _write_json(path, obj):
 # ---------------------------------------------------------------------------
 
 
+def _given(**options):
+    """The options the user set: those left unset (None) keep the estimator's
+    own defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def cmd_demo(args):
     """``sela demo``: digits, SeLa next to k-means, montage and NMI plot."""
     from sklearn.cluster import KMeans
@@ -665,7 +671,7 @@ def cmd_demo(args):
 
     est = SelfLabelClusterer(
         n_clusters=10,
-        **({} if args.heads is None else {"n_heads": args.heads}),
+        **_given(n_heads=args.heads),
         max_epochs=epochs,
         device=args.device,
         callbacks=[TrueLabelNMI(y), _make_epoch_bar(disable=args.quiet)],
@@ -705,12 +711,6 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
     from .clusterer import SelfLabelClusterer
 
     clusters = args.clusters[0] if len(args.clusters) == 1 else list(args.clusters)
-    # Options left unset keep the estimator's own defaults.
-    optional = {
-        name: value
-        for name, value in (("batch_size", args.batch_size), ("n_heads", args.heads))
-        if value is not None
-    }
     return SelfLabelClusterer(
         n_clusters=clusters,
         backbone=args.backbone,
@@ -727,7 +727,7 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         random_state=args.seed,
-        **optional,
+        **_given(batch_size=args.batch_size, n_heads=args.heads),
     )
 
 

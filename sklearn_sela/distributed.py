@@ -614,7 +614,6 @@ def update_labels_distributed(net, dataset, group):
     for t, buf in net.head_log_probas(dataset, shard=(lo, hi), device=dev):
         local[:, t], res = net.solve_head(buf, t, process_group=group)
         solves.append(res)
-        del buf
     previous = net.labels_.clone()
     net.labels_ = all_gather_rows(local, group).cpu()
     info = net.label_update_info(previous, solves, start)

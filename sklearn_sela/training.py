@@ -228,15 +228,16 @@ class SelfLabelNet(NeuralNet):
             dataset = Subset(dataset, range(lo, hi))
         n, ks = hi - lo, list(self.n_clusters)
         module = unwrap_module(self.module_)
-        dim = getattr(module, "feature_dim", None)
-        if not isinstance(module, MultiHeadNet) or dim + max(ks) >= sum(ks):
+        if not isinstance(module, MultiHeadNet) or module.feature_dim + max(ks) >= sum(ks):
             buffers = [torch.empty((n, k), dtype=torch.float32, device=device) for k in ks]
             self.log_probas_into(dataset, buffers, offset=lo)
             for t in range(len(ks)):
                 buf, buffers[t] = buffers[t], None  # freed once solved
                 yield t, buf
             return
-        feats = self.features_into(dataset, torch.empty((n, dim), dtype=torch.float32), lo)
+        feats = self.features_into(
+            dataset, torch.empty((n, module.feature_dim), dtype=torch.float32), lo
+        )
         storage = torch.empty(n * max(ks), dtype=torch.float32, device=device)
         # The heads' products run where the model is (a GPU does them in a
         # blink), in row blocks of a few MB (CPU cache) or 256 MB (GPU).
@@ -295,7 +296,6 @@ class SelfLabelNet(NeuralNet):
             labels, res = self.solve_head(buf, t)
             self.labels_[:, t] = labels
             solves.append(res)
-            del buf
         return self.label_update_info(previous, solves, start)
 
     def solve_head(self, buf, t, process_group=None):
