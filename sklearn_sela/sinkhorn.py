@@ -381,16 +381,24 @@ class _Kernel:
             x.add_(g)
         return x
 
-    def _write(self, start, stop, x, g, empty, zeros, shifted=False):
-        """Turn the block ``x`` of scores into kernel rows ``start:stop``."""
-        rows = slice(start, stop)
-        x = self._log_block(x, rows, g, empty, zeros, shifted)
+    def _peak_at_zero(self, x, rows, g):
+        """Make each row's largest log-kernel value 0; record ``shift[rows]``.
+
+        Without a folded scaling ``g`` the rows already peak at 0 (the row
+        maxima were subtracted before scaling by ``lam``).
+        """
         h = self.row_max[rows].double() * self.lam
         if g is not None:
             hg = x.amax(dim=1)
             x.sub_(hg[:, None])
             h += hg.double()
         self.shift[rows] = h
+        return x
+
+    def _write(self, start, stop, x, g, empty, zeros, shifted=False):
+        """Turn the block ``x`` of scores into kernel rows ``start:stop``."""
+        rows = slice(start, stop)
+        x = self._peak_at_zero(self._log_block(x, rows, g, empty, zeros, shifted), rows, g)
         if self.payload:
             self.W[rows].copy_(_to_kernel_(x, self.floor, True))
         else:
@@ -422,11 +430,7 @@ class _Kernel:
             self.S[rows].to(self.cdt), rows, g,
             self.empty[rows] if self.has_empty else None, self.has_zeros,
         )
-        h = x.amax(dim=1)
-        x.sub_(h[:, None])
-        self.shift[start:stop] = self.row_max[start:stop].double() * self.lam
-        self.shift[start:stop] += h.double()
-        return x.clamp_(min=-self.floor).exp_()
+        return self._peak_at_zero(x, rows, g).clamp_(min=-self.floor).exp_()
 
     def blocks(self):
         """Yield ``(start, stop, kernel rows in the compute dtype)``."""

@@ -20,14 +20,9 @@ import torch
 from PIL import Image
 
 from sklearn_sela import SelfLabelClusterer
-from sklearn_sela import cli
-from sklearn_sela.cli import (
-    ImageFiles,
-    build_parser,
-    check_image_files,
-    find_image_files,
-    main,
-)
+from sklearn_sela import cli, image_files
+from sklearn_sela.cli import build_parser, main
+from sklearn_sela.image_files import ImageFiles, check_image_files, find_image_files
 from sklearn_sela.persistence import ModelFileError, load_model, save_model
 from sklearn_sela.plotting import cluster_montage, plot_cluster_montage, plot_label_nmi
 
@@ -130,6 +125,14 @@ def test_image_files_dataset(folder):
     assert clone.paths == ds.paths
     with pytest.raises(ValueError):
         ImageFiles(paths, mode="CMYK")
+
+
+def test_image_folder_names_still_importable_from_cli():
+    # They moved to sklearn_sela.image_files; sklearn_sela.cli re-exports them.
+    assert cli.ImageFiles is image_files.ImageFiles
+    for name in ("find_image_files", "check_image_files", "IMAGE_EXTENSIONS"):
+        assert getattr(cli, name) is getattr(image_files, name)
+        assert name in cli.__all__
 
 
 # -- sela fit ------------------------------------------------------------------------

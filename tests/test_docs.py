@@ -37,6 +37,7 @@ API_MODULES = [
     "sklearn_sela.metrics",
     "sklearn_sela.plotting",
     "sklearn_sela.persistence",
+    "sklearn_sela.image_files",
     "sklearn_sela.cli",
     "sklearn_sela.datasets",
     "sklearn_sela.distributed",
