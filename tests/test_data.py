@@ -424,6 +424,17 @@ def test_augmentation_changes_images_keeps_shape_and_pickles(shape, backend):
     torch.testing.assert_close(x, x_before)
 
 
+@pytest.mark.parametrize("backend", ["fast", "torchvision"])
+def test_small_grey_preset_jitters_brightness(backend):
+    # Fashion-MNIST-sized grey images get brightness/contrast jitter on every
+    # draw: a flat image (unchanged by any crop) must change its level.
+    torch.manual_seed(0)
+    aug = default_augmentation(InputInfo("image", (1, 28, 28), 10), backend=backend)
+    levels = torch.stack([aug(torch.full((1, 28, 28), 0.5)).mean() for _ in range(8)])
+    assert ((levels - 0.5).abs() > 1e-3).all()
+    assert levels.std() > 0.05
+
+
 def test_fast_augmentation_batches_per_sample():
     torch.manual_seed(0)
     aug = default_augmentation(InputInfo("image", (3, 32, 32), 10))
