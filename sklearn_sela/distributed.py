@@ -596,8 +596,8 @@ def update_labels_distributed(net, dataset, group):
     (:func:`shard_bounds`), head by head
     (:meth:`~sklearn_sela.training.SelfLabelNet.head_log_probas`: one
     ``(N_r, K_t)`` buffer per head, or cached features and one reused
-    buffer when the features are narrower than the heads together), solves each head with
-    the distributed Sinkhorn (``process_group=group``; ``K``-length
+    buffer when the features are narrower than the heads together), solves
+    each head with the distributed Sinkhorn (``process_group=group``; ``K``-length
     all-reduces) and all-gathers the int64 labels, so ``net.labels_`` is the
     same ``(N, T)`` tensor on every rank. Returns the same info dict as
     :meth:`SelfLabelNet.update_labels`, plus ``"local_rows"``.

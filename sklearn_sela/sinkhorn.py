@@ -502,7 +502,8 @@ class _StoredKernel(_Kernel):
 
 
 def _relaxation_gains(target, col, delta, omega):
-    """Increase of the dual objective from the column step ``omega * delta``.
+    """Increases of the dual objective from the column steps ``delta`` and
+    ``omega * delta``.
 
     With ``alpha`` fixed at its current (exact) value, the dual
     ``D(alpha, beta) = sum_j t_j beta_j + sum_i alpha_i -
