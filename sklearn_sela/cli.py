@@ -44,7 +44,6 @@ import numpy as np
 from .image_files import (
     IMAGE_EXTENSIONS,
     ImageFiles,
-    _folder_mode,
     check_image_files,
     find_image_files,
 )
@@ -202,12 +201,12 @@ def _load_input(path, args, channels=None):
     if channels is not None:
         mode = "L" if channels == 1 else "RGB"
     elif modes:
-        mode = _folder_mode(modes)
+        mode = ImageFiles.common_mode(modes)
     else:
         from PIL import Image
 
         with Image.open(good[0]) as im:
-            mode = _folder_mode([im.mode])
+            mode = ImageFiles.common_mode([im.mode])
     return _Input(
         ImageFiles(good, mode), good, "path", kind,
         skipped=skipped, sizes=sizes, n_found=len(files),

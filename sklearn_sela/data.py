@@ -46,6 +46,8 @@ from torch.utils.data import Dataset, IterableDataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .image_files import _PIL_GRAY_MODES
+
 __all__ = [
     "InputInfo",
     "as_dataset",
@@ -432,7 +434,6 @@ def _from_array(X, expected, image_size):
 # Dataset input (ImageFolder, SliceDataset, TensorDataset, ...)
 # --------------------------------------------------------------------------
 
-_PIL_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _PIL_ALPHA_MODES = ("RGBA", "RGBa", "PA")
 _PIL_MODE_FOR_CHANNELS = {1: "L", 3: "RGB", 4: "RGBA"}
 

@@ -24,8 +24,9 @@ IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm",
 )
-# PIL modes that hold one grey channel; anything else is read as RGB.
-_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+# PIL modes that hold one grey channel (with or without alpha); anything else
+# is read as RGB. sklearn_sela.data counts channels with the same list.
+_PIL_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def find_image_files(root, extensions=IMAGE_EXTENSIONS):
@@ -169,6 +170,24 @@ class ImageFiles:
         self.paths = list(paths)
         self.mode = mode
 
+    @staticmethod
+    def common_mode(modes):
+        """The ``mode`` that reads files of these PIL modes without loss.
+
+        ``"L"`` when every mode is grey (``"1"``, ``"L"``, ``"I;16"``, ...),
+        else ``"RGB"``: one colour file makes the whole folder colour.
+
+        Parameters
+        ----------
+        modes : iterable of str
+            PIL modes, e.g. the ``modes`` returned by :func:`check_image_files`.
+
+        Returns
+        -------
+        mode : {"L", "RGB"}
+        """
+        return "L" if all(m in _PIL_GRAY_MODES for m in modes) else "RGB"
+
     def __len__(self):
         return len(self.paths)
 
@@ -186,7 +205,3 @@ class ImageFiles:
                 return im.convert(self.mode)
         except OSError as exc:
             raise OSError(f"cannot read image {path!r}: {exc}") from exc
-
-
-def _folder_mode(modes):
-    return "L" if all(m in _GRAY_MODES for m in modes) else "RGB"

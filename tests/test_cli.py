@@ -127,6 +127,12 @@ def test_image_files_dataset(folder):
         ImageFiles(paths, mode="CMYK")
 
 
+def test_common_mode_is_grey_only_when_every_file_is():
+    assert ImageFiles.common_mode(["L", "I;16", "1", "LA"]) == "L"
+    assert ImageFiles.common_mode(["L", "RGB"]) == "RGB"
+    assert ImageFiles.common_mode(["L", "P"]) == "RGB"  # palettes may hold colour
+
+
 def test_image_folder_names_still_importable_from_cli():
     # They moved to sklearn_sela.image_files; sklearn_sela.cli re-exports them.
     assert cli.ImageFiles is image_files.ImageFiles
