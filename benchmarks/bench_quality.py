@@ -24,6 +24,8 @@ Usage::
     python benchmarks/bench_quality.py --dataset digits --seeds 0 1 2
     python benchmarks/bench_quality.py --dataset fashion --subset 10000 --max-epochs 10
     python benchmarks/bench_quality.py --dataset digits --ablations --max-epochs 50
+    python benchmarks/bench_quality.py --dataset fashion --ablations --grid 10:1 50:1 \\
+        --label-updates 0
     python benchmarks/bench_quality.py --dataset digits --param lr=0.1 --param batch_size=128
 """
 
@@ -140,30 +142,53 @@ def main_table(args, params):
     return rows
 
 
+GRID = [(k, t) for k in (10, 50, 100) for t in (1, 3, 10)]
+
+
+def _parse_cell(text):
+    k, _, t = text.partition(":")
+    return int(k), int(t)
+
+
 def ablations(args, params):
-    """K x T grid (NMI of head 0, kNN) and label updates 0 vs default."""
+    """K x T grid (NMI of head 0, kNN) and label updates 0 vs default.
+
+    ``--grid`` and ``--label-updates`` pick the cells, so that the grid can be
+    split over several processes; the default-updates row reuses the grid's
+    fit with the same K and T when this process ran it (same seed, same fit).
+    """
     name = "digits" if args.dataset == "all" else args.dataset
     Xtr, ytr, Xte, yte = load_data(name, subset=args.subset if name == "fashion" else None)
     seed = args.seeds[0]
-    rows = []
-    for k in (10, 50, 100):
-        for t in (1, 3, 10):
-            p = dict(params, n_clusters=k, n_heads=t)
-            row, _ = run_sela(name, Xtr, ytr, Xte, yte, seed, p, label=f"K={k} T={t}")
-            rows.append([row[1], row[4], row[6], row[8], row[9]])
-            print(rows[-1], flush=True)
-    print()
-    print(markdown_table(["setting", "NMI (head 0)", "kNN", "fit [s]", "fit CPU [s]"], rows))
+    rows, fits = [], {}
+    for k, t in args.grid:
+        p = dict(params, n_clusters=k, n_heads=t)
+        row, model = run_sela(name, Xtr, ytr, Xte, yte, seed, p, label=f"K={k} T={t}")
+        fits[k, t] = row, model
+        rows.append([row[1], row[4], row[6], row[8], row[9]])
+        print(rows[-1], flush=True)
+    if rows:
+        print()
+        print(markdown_table(["setting", "NMI (head 0)", "kNN", "fit [s]", "fit CPU [s]"],
+                             rows))
     rows2 = []
-    for m in (0, "auto"):
-        p = dict(params, n_label_updates=m)
-        row, model = run_sela(name, Xtr, ytr, Xte, yte, seed, p,
-                              label=f"n_label_updates={m}")
-        rows2.append([row[1], model.net_.label_updates_, row[3], row[4], row[6], row[8], row[9]])
+    default_cell = (params.get("n_clusters", 10), params.get("n_heads", 10))
+    for m in args.label_updates:
+        m = m if m == "auto" else int(m)
+        label = f"n_label_updates={m}"
+        if m == params.get("n_label_updates", "auto") and default_cell in fits:
+            row, model = fits[default_cell]
+            label += f" (the K={default_cell[0]} T={default_cell[1]} fit)"
+        else:
+            row, model = run_sela(name, Xtr, ytr, Xte, yte, seed,
+                                  dict(params, n_label_updates=m), label=label)
+        rows2.append([label, model.net_.label_updates_, row[3], row[4], row[6], row[8],
+                      row[9]])
         print(rows2[-1], flush=True)
-    print()
-    print(markdown_table(["setting", "updates run", "ACC", "NMI", "kNN", "fit [s]", "fit CPU [s]"],
-                         rows2))
+    if rows2:
+        print()
+        print(markdown_table(["setting", "updates run", "ACC", "NMI", "kNN", "fit [s]",
+                              "fit CPU [s]"], rows2))
 
 
 def main(argv=None):
@@ -178,6 +203,10 @@ def main(argv=None):
                    help="extra SelfLabelClusterer parameter (JSON value), repeatable")
     p.add_argument("--ablations", action="store_true",
                    help="run the K x T and label-update ablations instead (first seed)")
+    p.add_argument("--grid", type=_parse_cell, nargs="*", default=GRID, metavar="K:T",
+                   help="ablation grid cells (default: K in 10 50 100 x T in 1 3 10)")
+    p.add_argument("--label-updates", nargs="*", default=[0, "auto"], metavar="M",
+                   help="ablation n_label_updates values (default: 0 auto)")
     p.add_argument("--no-kmeans", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
