@@ -106,6 +106,7 @@ _SAFEGUARD = 0.1
 # costly when other processes share the cores) stays small.
 _CPU_BLOCK_BYTES = 2 << 20
 _CUDA_BLOCK_BYTES = 64 << 20
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 @dataclass
@@ -248,18 +249,31 @@ def _floor_value(floor, dtype):
     return float(torch.tensor(-floor, dtype=dtype).exp())
 
 
-def _to_kernel_(x, floor, payload):
+def _empty_matrix(shape, dtype, device):
+    """An uninitialised working matrix.
+
+    On CPU it comes from numpy, which asks Linux for transparent huge pages
+    for large buffers (torch's allocator does not): the first pass over an
+    800 MB kernel then spends about half as long in page faults.
+    """
+    if device.type == "cpu" and dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[dtype]))
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _to_kernel_(x, floor, payload, tmp=None):
     """Turn log-kernel values ``x <= 0`` into kernel entries, in place.
 
     Values below ``-floor`` become ``exp(-floor)``; with ``payload`` they are
     stored a hair below it, ``exp(-floor) * (1 - 2**-10 * t)`` with ``t`` in
     ``(0, 1]`` growing with the distance below the floor, so that
     :func:`_to_log_kernel_` can recover them. Entries that were not clamped
-    are ``>= exp(-floor)`` exactly, so the two cases never mix up.
+    are ``>= exp(-floor)`` exactly, so the two cases never mix up. ``tmp``:
+    an optional buffer shaped like ``x`` for the payload.
     """
     low = _floor_value(floor, x.dtype)
     if payload:
-        tail = torch.clamp(x, max=-floor).neg_().sub_(floor)
+        tail = torch.clamp(x, max=-floor, out=tmp).neg_().sub_(floor)
         tail.clamp_(max=_PAYLOAD_RANGE).mul_(-_PAYLOAD / _PAYLOAD_RANGE).add_(1.0)
         x.clamp_(min=-floor).exp_().clamp_(min=low).mul_(tail)
     else:
@@ -267,11 +281,11 @@ def _to_kernel_(x, floor, payload):
     return x
 
 
-def _to_log_kernel_(w, floor, payload):
+def _to_log_kernel_(w, floor, payload, tmp=None):
     """Inverse of :func:`_to_kernel_` (in place, compute dtype)."""
     if payload:
         low = _floor_value(floor, w.dtype)
-        tail = torch.mul(w, -1.0 / low).add_(1.0).clamp_(min=0.0)
+        tail = torch.mul(w, -1.0 / low, out=tmp).add_(1.0).clamp_(min=0.0)
         tail.mul_(_PAYLOAD_RANGE / _PAYLOAD)
         w.log_().clamp_(min=-floor).sub_(tail)
     else:
@@ -327,6 +341,7 @@ class _Kernel:
         self.cdt = _compute_dtype(W.dtype)
         self.floor = _LOG_FLOOR
         self.block = _block_rows(W)
+        self._scratch()
         self.g = (
             torch.zeros(self.k, dtype=torch.float64, device=self.device)
             if g is None
@@ -342,7 +357,9 @@ class _Kernel:
         gc = None if g is None else self.g.to(self.cdt)
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
-            blk = S[start:stop].to(self.cdt)  # a copy only for another dtype
+            blk = S[start:stop]
+            if blk.dtype != self.cdt:
+                blk = self.work[: stop - start].copy_(blk)
             m, empty = _row_max(blk)
             self.row_max[start:stop] = m
             self.empty[start:stop] = empty
@@ -351,11 +368,27 @@ class _Kernel:
             self.has_zeros = self.has_zeros or zeros
             if not streamed:
                 # Subtract the row maxima while copying (S is left intact).
-                x = torch.sub(blk, m[:, None])
+                x = self._shifted(blk, m, stop - start)
                 self._write(start, stop, x, gc, empty, zeros, shifted=True)
         self.has_empty = bool(self.empty.any())
         if streamed:
             self.shift.copy_(self.row_max.double() * lam)
+
+    def _scratch(self):
+        # Two reused blocks: ``work`` for the kernel's own blocks (building,
+        # streaming, absorbing), ``out`` for what callers compute from them.
+        # A fresh multi-megabyte temporary per block costs page faults on
+        # every allocation on CPU, as much time as the arithmetic itself.
+        shape = (self.block, self.k)
+        self.work = torch.empty(shape, dtype=self.cdt, device=self.device)
+        self.out = torch.empty(shape, dtype=self.cdt, device=self.device)
+
+    def _shifted(self, blk, m, rows):
+        """``blk - m[:, None]`` in the work block."""
+        x = self.work[:rows]
+        if blk.data_ptr() == x.data_ptr():
+            return x.sub_(m[:, None])
+        return torch.sub(blk, m[:, None], out=x)
 
     def _log_block(self, x, rows, g, empty, zeros, shifted=False):
         """``lam * (x - row_max) + g`` in place, for a block ``x`` of scores.
@@ -400,13 +433,13 @@ class _Kernel:
         rows = slice(start, stop)
         x = self._peak_at_zero(self._log_block(x, rows, g, empty, zeros, shifted), rows, g)
         if self.payload:
-            self.W[rows].copy_(_to_kernel_(x, self.floor, True))
+            tmp = self.out[: stop - start]
+            self.W[rows].copy_(_to_kernel_(x, self.floor, True, tmp))
         else:
             # Straight into W: clamping first keeps exp() out of the
-            # underflow range, where it is many times slower.
-            out = self.W[rows]
-            torch.exp(x.clamp_(min=-self.floor), out=out)
-            out.clamp_(min=_floor_value(self.floor, out.dtype))
+            # underflow range, where it is many times slower. (Unlike the
+            # payload encoding, nothing reads a clamped entry back exactly.)
+            torch.exp(x.clamp_(min=-self.floor), out=self.W[rows])
 
     def _build(self, g):
         """Rewrite ``W`` from the scores for the folded scaling ``g``."""
@@ -416,10 +449,10 @@ class _Kernel:
             blk = self.S[start:stop]
             if blk.dtype == self.cdt:
                 # Subtract the row maxima while copying: one pass less.
-                x = torch.sub(blk, self.row_max[start:stop, None])
+                x = self._shifted(blk, self.row_max[start:stop], stop - start)
                 shifted = True
             else:
-                x, shifted = blk.to(self.cdt), False
+                x, shifted = self.work[: stop - start].copy_(blk), False
             empty = self.empty[start:stop] if self.has_empty else None
             self._write(start, stop, x, g, empty, self.has_zeros, shifted)
 
@@ -427,13 +460,16 @@ class _Kernel:
         """Kernel rows ``start:stop`` computed from the scores (streamed)."""
         rows = slice(start, stop)
         x = self._log_block(
-            self.S[rows].to(self.cdt), rows, g,
+            self.work[: stop - start].copy_(self.S[rows]), rows, g,
             self.empty[rows] if self.has_empty else None, self.has_zeros,
         )
         return self._peak_at_zero(x, rows, g).clamp_(min=-self.floor).exp_()
 
     def blocks(self):
-        """Yield ``(start, stop, kernel rows in the compute dtype)``."""
+        """Yield ``(start, stop, kernel rows in the compute dtype)``.
+
+        A streamed block lives in ``work`` and is overwritten by the next one.
+        """
         g = self.g.to(self.cdt) if self.streamed else None
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
@@ -470,11 +506,12 @@ class _Kernel:
         lb = log_b.to(self.cdt)
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
-            x = self.W[start:stop].to(self.cdt, copy=True)
-            x = _to_log_kernel_(x, self.floor, self.payload).add_(lb)
+            x = self.work[: stop - start].copy_(self.W[start:stop])
+            tmp = self.out[: stop - start]
+            x = _to_log_kernel_(x, self.floor, self.payload, tmp).add_(lb)
             h = x.amax(dim=1)
             x.sub_(h[:, None])
-            _to_kernel_(x, self.floor, self.payload)
+            _to_kernel_(x, self.floor, self.payload, tmp)
             self.W[start:stop].copy_(x)
             self.shift[start:stop] += h.double()
 
@@ -486,7 +523,8 @@ class _Kernel:
                 self.empty[idx] if self.has_empty else None, self.has_zeros,
             )
         # Payload-encoded floors decode to their (tiny) differences in log.
-        return self.W[idx].to(self.cdt).log_().add_(log_b.to(self.cdt))
+        q = torch.index_select(self.W, 0, idx, out=self.out[: idx.numel()])
+        return q.log_().add_(log_b.to(self.cdt))
 
 
 class _StoredKernel(_Kernel):
@@ -499,6 +537,7 @@ class _StoredKernel(_Kernel):
         self.shape, self.device = W.shape, W.device
         self.cdt = _compute_dtype(W.dtype)
         self.block = block
+        self._scratch()
 
 
 def _relaxation_gains(target, col, delta, omega):
@@ -607,7 +646,8 @@ def _argmax_labels(kernel, b):
     labels = torch.empty(kernel.n, dtype=torch.int64, device=kernel.device)
     for start, stop, blk in kernel.blocks():
         # max(dim).indices: the first maximum, like argmax, twice as fast.
-        labels[start:stop] = torch.max(blk * b, dim=1).indices
+        q = torch.mul(blk, b, out=kernel.out[: stop - start])
+        labels[start:stop] = torch.max(q, dim=1).indices
     return labels
 
 
@@ -789,7 +829,7 @@ def sinkhorn_knopp(
         W = S
     else:
         work = S.dtype if S.dtype in (torch.float32, torch.float64) else torch.float32
-        W = torch.empty((n_local, k), dtype=work, device=S.device)
+        W = _empty_matrix((n_local, k), work, S.device)
     cdt = _compute_dtype(W.dtype)
     # A half-precision buffer cannot hold the kernel faithfully: stream it.
     streamed = W.dtype != cdt
@@ -887,7 +927,7 @@ def sinkhorn_knopp(
     soft = None
     if return_soft or inplace:
         for start, stop, q in kernel.blocks():
-            q = q * b
+            q = torch.mul(q, b, out=kernel.out[: stop - start])
             q /= q.sum(dim=1, keepdim=True)
             W[start:stop].copy_(q)
         soft = W
