@@ -172,10 +172,11 @@ class ImageFiles:
 
     @staticmethod
     def common_mode(modes):
-        """The ``mode`` that reads files of these PIL modes without loss.
+        """The ``mode`` to read a set of files of these PIL modes with.
 
         ``"L"`` when every mode is grey (``"1"``, ``"L"``, ``"I;16"``, ...),
-        else ``"RGB"``: one colour file makes the whole folder colour.
+        else ``"RGB"``: one colour (or palette) file makes the whole folder
+        colour, so that no file loses its colour.
 
         Parameters
         ----------
