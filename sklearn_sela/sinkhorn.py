@@ -358,8 +358,6 @@ class _Kernel:
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
             blk = S[start:stop]
-            if blk.dtype != self.cdt:
-                blk = self.work[: stop - start].copy_(blk)
             m, empty = _row_max(blk)
             self.row_max[start:stop] = m
             self.empty[start:stop] = empty
@@ -367,9 +365,7 @@ class _Kernel:
             zeros = bool(torch.isneginf(blk.amin(dim=1)).any())
             self.has_zeros = self.has_zeros or zeros
             if not streamed:
-                # Subtract the row maxima while copying (S is left intact).
-                x = self._shifted(blk, m, stop - start)
-                self._write(start, stop, x, gc, empty, zeros, shifted=True)
+                self._write(start, stop, gc, empty, zeros)
         self.has_empty = bool(self.empty.any())
         if streamed:
             self.shift.copy_(self.row_max.double() * lam)
@@ -383,12 +379,13 @@ class _Kernel:
         self.work = torch.empty(shape, dtype=self.cdt, device=self.device)
         self.out = torch.empty(shape, dtype=self.cdt, device=self.device)
 
-    def _shifted(self, blk, m, rows):
-        """``blk - m[:, None]`` in the work block."""
-        x = self.work[:rows]
-        if blk.data_ptr() == x.data_ptr():
-            return x.sub_(m[:, None])
-        return torch.sub(blk, m[:, None], out=x)
+    def _shifted(self, start, stop):
+        """Scores ``start:stop`` minus their row maxima, in the work block.
+
+        Subtracting while copying saves a pass; ``S`` is left intact.
+        """
+        m = self.row_max[start:stop, None]
+        return torch.sub(self.S[start:stop], m, out=self.work[: stop - start])
 
     def _log_block(self, x, rows, g, empty, zeros, shifted=False):
         """``lam * (x - row_max) + g`` in place, for a block ``x`` of scores.
@@ -428,10 +425,11 @@ class _Kernel:
         self.shift[rows] = h
         return x
 
-    def _write(self, start, stop, x, g, empty, zeros, shifted=False):
-        """Turn the block ``x`` of scores into kernel rows ``start:stop``."""
+    def _write(self, start, stop, g, empty, zeros):
+        """Build kernel rows ``start:stop`` from the scores."""
         rows = slice(start, stop)
-        x = self._peak_at_zero(self._log_block(x, rows, g, empty, zeros, shifted), rows, g)
+        x = self._log_block(self._shifted(start, stop), rows, g, empty, zeros, shifted=True)
+        x = self._peak_at_zero(x, rows, g)
         if self.payload:
             tmp = self.out[: stop - start]
             self.W[rows].copy_(_to_kernel_(x, self.floor, True, tmp))
@@ -446,15 +444,8 @@ class _Kernel:
         g = g.to(self.cdt)
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
-            blk = self.S[start:stop]
-            if blk.dtype == self.cdt:
-                # Subtract the row maxima while copying: one pass less.
-                x = self._shifted(blk, self.row_max[start:stop], stop - start)
-                shifted = True
-            else:
-                x, shifted = self.work[: stop - start].copy_(blk), False
             empty = self.empty[start:stop] if self.has_empty else None
-            self._write(start, stop, x, g, empty, self.has_zeros, shifted)
+            self._write(start, stop, g, empty, self.has_zeros)
 
     def _stream_block(self, start, stop, g):
         """Kernel rows ``start:stop`` computed from the scores (streamed)."""
