@@ -145,7 +145,11 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     Attributes
     ----------
     labels_ : ndarray of shape (n_samples,)
-        Self-labels of the training data from head ``head``.
+        Self-labels of the training data from head ``head``. A balanced
+        partition of the learned features is often better:
+        ``make_pipeline(SelfLabelClusterer(...), SinkhornAssigner(n_clusters,
+        metric="cosine"))`` (Fashion-MNIST: accuracy 0.62 against 0.47 for
+        head 0; user guide, "A partition from the features").
     labels_all_ : ndarray of shape (n_samples, n_heads)
         Self-labels of every head.
     n_clusters_ : list of int
@@ -167,7 +171,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     See Also
     --------
-    sklearn_sela.SinkhornAssigner : Balanced assignment on fixed features.
+    sklearn_sela.SinkhornAssigner : Balanced assignment on fixed features,
+        e.g. this estimator's ``transform`` output.
     sklearn_sela.sinkhorn_knopp : The self-labelling solver.
 
     Examples

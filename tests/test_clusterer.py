@@ -10,12 +10,13 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import normalized_mutual_info_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.callbacks import Callback
 
-from sklearn_sela import SelfLabelClusterer
+from sklearn_sela import SelfLabelClusterer, SinkhornAssigner
 
 FAST = dict(max_epochs=3, batch_size=64, random_state=0)
 
@@ -303,6 +304,22 @@ def test_pipeline_linear_probe(digits):
     )
     pipe.fit(X[:300], y[:300])
     assert pipe.score(X[300:], y[300:]) > 0.5
+
+
+def test_pipeline_clusters_the_features_with_sinkhorn_assigner(digits):
+    # The recipe of the user guide: over-cluster, then a balanced 10-way
+    # partition of the learned features.
+    X, y = digits
+    pipe = Pipeline([
+        ("sela", SelfLabelClusterer(n_clusters=30, n_heads=2, **FAST)),
+        ("assign", SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0)),
+    ])
+    labels = pipe.fit_predict(X[:300])
+    np.testing.assert_array_equal(labels, pipe.named_steps["assign"].labels_)
+    assert np.bincount(labels, minlength=10).tolist() == [30] * 10
+    assert normalized_mutual_info_score(y[:300], labels) > 0.5
+    new = pipe.predict(X[300:])
+    assert new.shape == (100,) and set(new) <= set(range(10))
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
