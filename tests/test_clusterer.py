@@ -307,8 +307,8 @@ def test_pipeline_linear_probe(digits):
 
 
 def test_pipeline_clusters_the_features_with_sinkhorn_assigner(digits):
-    # The recipe of the user guide: over-cluster, then a balanced 10-way
-    # partition of the learned features.
+    # User guide, "A partition from the features": a balanced 10-way
+    # partition of the learned features (here of an over-clustered fit).
     X, y = digits
     pipe = Pipeline([
         ("sela", SelfLabelClusterer(n_clusters=30, n_heads=2, **FAST)),
