@@ -453,6 +453,65 @@ def test_warm_start_after_perturbation(kind, noise, ratio):
 
 
 # ---------------------------------------------------------------------------
+# The compiled CPU pass (large stored kernels)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_compiled_pass_equals_the_two_products(dtype, n_threads):
+    from sklearn_sela import _fused_pass
+
+    n_threads = min(n_threads, _fused_pass.max_threads())
+    rng = np.random.default_rng(0)
+    # 1031 rows: not a multiple of the 4-row step, the 256-row group or the
+    # thread count; values spanning 12 orders of magnitude, as kernels do.
+    W = np.exp(rng.uniform(-28.0, 0.0, size=(1031, 37))).astype(dtype)
+    b = np.exp(rng.uniform(-5.0, 5.0, size=37)).astype(dtype)
+    a = np.full(1031, np.nan, dtype=dtype)
+    v = np.full(37, np.nan, dtype=dtype)
+    _fused_pass.fused_pass(W, b, a, v, n_threads)
+    W64 = W.astype(np.float64)
+    a_ref = 1.0 / (W64 @ b.astype(np.float64))
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(a, a_ref, rtol=rtol)
+    np.testing.assert_allclose(v, W64.T @ a.astype(np.float64), rtol=rtol)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_pass_gives_the_same_solve(monkeypatch, inplace, dtype):
+    # Imbalanced, with lam = 100: the scalings move far enough to be
+    # absorbed, so the in-place payload is decoded along the way.
+    logp = _imbalanced(3001, 9, seed=5)
+    kw = dict(lam=100.0, tol=1e-5, max_iter=20000, inplace=inplace)
+    torch_pass = sinkhorn_knopp(logp.astype(dtype), **kw)
+    monkeypatch.setattr(sk, "_COMPILED_MIN_ENTRIES", 0)
+    compiled = sinkhorn_knopp(logp.astype(dtype), **kw)
+    assert torch_pass.converged and compiled.converged
+    assert abs(compiled.n_iter - torch_pass.n_iter) <= 0.02 * torch_pass.n_iter
+    np.testing.assert_array_equal(compiled.labels, torch_pass.labels)
+    # As in test_absorption_keeps_the_kernel_exact: the dual is flat along
+    # one-sided clusters, so rounding moves them by up to 0.1 %.
+    np.testing.assert_allclose(compiled.log_beta, torch_pass.log_beta, rtol=5e-3, atol=0.05)
+    # The plans rebuilt in float64 meet the marginals as well as each other
+    # (in place, both only to ~0.1: clamped entries carry approximate values).
+    err = sum(_marginal_errors(_plan(logp, compiled, 100.0)))
+    assert err <= 1.01 * sum(_marginal_errors(_plan(logp, torch_pass, 100.0))) + 5e-5
+
+
+def test_only_large_cpu_kernels_are_compiled(monkeypatch):
+    monkeypatch.setattr(sk, "_COMPILED_MIN_ENTRIES", 1000)
+    big = torch.zeros(100, 10)
+    W = torch.empty_like(big)
+    assert sk._Kernel(big, W, 25.0, None, False, False).compiled
+    assert not sk._Kernel(big[:99], W[:99], 25.0, None, False, False).compiled
+    # float16 buffers are streamed from the scores: torch's pass.
+    half = big.half()
+    assert not sk._Kernel(half, half, 25.0, None, False, True).compiled
+
+
+# ---------------------------------------------------------------------------
 # In-place mode and memory
 # ---------------------------------------------------------------------------
 
