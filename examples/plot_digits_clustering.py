@@ -35,9 +35,10 @@ images = digits.images[:n_samples]
 # %%
 # Self-labelling
 # --------------
-# Ten clusters, one head. :class:`~sklearn_sela.metrics.TrueLabelNMI` records,
-# at every label update, how well the self-labels agree with the true digits
-# -- only for the plot below; training never sees them.
+# Ten clusters. :class:`~sklearn_sela.metrics.TrueLabelNMI` records, at every
+# label update, how well the heads' self-labels agree with the true digits --
+# only for the plot below; training never sees them. ``labels_`` is the
+# balanced partition of the learned features (``labels_from="auto"``).
 model = SelfLabelClusterer(
     n_clusters=10,
     max_epochs=max_epochs,

@@ -39,7 +39,7 @@ idx_train, idx_test = train_test_split(np.arange(len(X)), test_size=0.3, random_
 # ---------------------------
 teacher = SelfLabelClusterer(n_clusters=10, max_epochs=teacher_epochs, random_state=0)
 teacher.fit(X[idx_train])
-self_labels = teacher.labels_  # what `sela fit` writes to labels.csv
+self_labels = teacher.labels_  # the "cluster" column of `sela fit`'s labels.csv
 
 # %%
 # The student: supervised training on the self-labels

@@ -331,7 +331,8 @@ def _subset(data, sl):
 
 
 def _infer(est, data, what, quiet, desc):
-    """Per-head probabilities or features of ``data``, chunked for a progress bar."""
+    """Features of ``data``, or the probabilities of the estimator's clusters
+    followed by those of every head, chunked for a progress bar."""
     from tqdm.auto import tqdm
 
     parts = []
@@ -344,20 +345,22 @@ def _infer(est, data, what, quiet, desc):
             parts.append(est.transform(chunk))
         else:
             parts.append(
-                [est.predict_proba(chunk, head=t) for t in range(len(est.n_clusters_))]
+                [est.predict_proba(chunk)]
+                + [est.predict_proba(chunk, head=t) for t in range(len(est.n_clusters_))]
             )
     if what == "features":
         return np.concatenate(parts)
     return [np.concatenate([p[t] for p in parts]) for t in range(len(parts[0]))]
 
 
-def _write_labels_csv(path, ids, id_name, labels):
-    labels = np.asarray(labels)
-    if labels.ndim == 1:
-        labels = labels[:, None]
+def _write_labels_csv(path, ids, id_name, clusters, head_labels):
+    """One row per sample: its id, its cluster, then each head's label."""
+    labels = np.column_stack([clusters, head_labels])
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow([id_name] + [f"label_{t}" for t in range(labels.shape[1])])
+        writer.writerow(
+            [id_name, "cluster"] + [f"label_{t}" for t in range(labels.shape[1] - 1)]
+        )
         for ident, row in zip(ids, labels.tolist()):
             writer.writerow([ident] + row)
 
@@ -611,7 +614,7 @@ def cmd_fit(args):
 
     outputs = {}
     labels_csv = os.path.join(out, "labels.csv")
-    _write_labels_csv(labels_csv, inp.ids, inp.id_name, est.labels_all_)
+    _write_labels_csv(labels_csv, inp.ids, inp.id_name, est.labels_, est.labels_all_)
     outputs["labels"] = labels_csv
     model_path = os.path.join(out, "model.pt")
     save_model(est, model_path)
@@ -623,6 +626,15 @@ def cmd_fit(args):
 
     images = _montage_images(inp, est)
     if images is not None:
+        if est.labels_from_ == "features":
+            path = os.path.join(out, "montage.png")
+            plot_cluster_montage(
+                images, est.labels_, n_per_cluster=args.montage_cols,
+                max_clusters=args.montage_rows, random_state=0,
+                title=f"Partition of the features: {est.n_clusters_[est.head]} clusters",
+                path=path,
+            )
+            outputs["montage"] = path
         for t, k in enumerate(est.n_clusters_):
             path = os.path.join(out, f"montage_head{t}.png")
             plot_cluster_montage(
@@ -636,21 +648,29 @@ def cmd_fit(args):
         outputs["label_nmi_plot"] = os.path.join(out, "label_nmi.png")
         plot_label_nmi(est.history_, path=outputs["label_nmi_plot"])
 
-    heads = []
-    for t, k in enumerate(est.n_clusters_):
-        sizes = np.bincount(est.labels_all_[:, t], minlength=k)
-        heads.append({
-            "head": t,
+    def sizes_of(labels, k):
+        sizes = np.bincount(labels, minlength=k)
+        return {
             "n_clusters": int(k),
             "cluster_sizes": sizes.tolist(),
             "min_size": int(sizes.min()),
             "max_size": int(sizes.max()),
-        })
+        }
+
+    clusters = {
+        "labels_from": est.labels_from_,
+        **sizes_of(est.labels_, est.n_clusters_[est.head]),
+    }
+    heads = [
+        {"head": t, **sizes_of(est.labels_all_[:, t], k)}
+        for t, k in enumerate(est.n_clusters_)
+    ]
     if args.score_folders and inp.kind == "folder":
         from .metrics import clustering_scores
 
         classes = _folder_classes(inp.ids, args.path)
         if len(set(classes)) > 1:
+            clusters["scores_vs_folders"] = clustering_scores(classes, est.labels_)
             for t, h in enumerate(heads):
                 h["scores_vs_folders"] = clustering_scores(classes, est.labels_all_[:, t])
     summary = {
@@ -674,6 +694,7 @@ def cmd_fit(args):
             "fit": round(t_fit, 3),
             "total": round(time.perf_counter() - start, 3),
         },
+        "clusters": clusters,
         "heads": heads,
         "label_updates": updates,
         "sinkhorn_not_converged": counter.convergence,
@@ -682,6 +703,7 @@ def cmd_fit(args):
     summary_path = os.path.join(out, "summary.json")
     _write_json(summary_path, summary)
     _say(args, f"trained {est.n_epochs_} epochs in {t_fit:.1f}s; cluster sizes "
+               + f"{clusters['min_size']}-{clusters['max_size']} (from the {est.labels_from_}); "
                + "; ".join(f"head {h['head']}: {h['min_size']}-{h['max_size']}" for h in heads))
     if counter.convergence:
         _say(args, f"note: {counter.convergence} Sinkhorn solve(s) stopped at the "
@@ -728,11 +750,14 @@ def cmd_predict(args):
     probas = _infer(est, inp.data, "probas", args.quiet, "predicting")
     labels = np.stack([p.argmax(axis=1) for p in probas], axis=1)
     path = os.path.join(out, "predictions.csv")
-    _write_labels_csv(path, inp.ids, inp.id_name, labels)
+    _write_labels_csv(path, inp.ids, inp.id_name, labels[:, 0], labels[:, 1:])
     written = [path]
     if args.proba:
-        for t, p in enumerate(probas):
-            ppath = os.path.join(out, f"probabilities_head{t}.npy")
+        names = ["probabilities.npy"] + [
+            f"probabilities_head{t}.npy" for t in range(len(probas) - 1)
+        ]
+        for name, p in zip(names, probas):
+            ppath = os.path.join(out, name)
             np.save(ppath, p.astype(np.float32))
             written.append(ppath)
     for p in written:
@@ -881,9 +906,11 @@ def build_parser():
             "Unreadable image files are skipped and reported; images of "
             "different sizes need --image-size.",
             "Writes into --out: labels.csv (file path, or row index for "
-            "arrays, then one label column per head), model.pt (weights and "
-            "plain parameters, loaded without running code), montage_headT.png "
-            "per head (images only), label_nmi.png, features.npy (with "
+            "arrays, then the cluster -- the partition of the learned "
+            "features -- and one self-label column per head), model.pt "
+            "(weights and plain parameters, loaded without running code), "
+            "montage.png of the clusters and montage_headT.png per head "
+            "(images only), label_nmi.png, features.npy (with "
             "--features) and summary.json (parameters, times, cluster sizes, "
             "Sinkhorn iterations per label update, skipped files)."
         ),
@@ -943,9 +970,9 @@ def build_parser():
     for name, func, text, extra in (
         ("predict", cmd_predict,
          "cluster new data with a saved model",
-         "Writes predictions.csv (file path or row index, then one label "
-         "column per head) into --out; with --proba also "
-         "probabilities_headT.npy."),
+         "Writes predictions.csv (file path or row index, the cluster, then "
+         "one label column per head) into --out; with --proba also "
+         "probabilities.npy (the clusters') and probabilities_headT.npy."),
         ("transform", cmd_transform,
          "extract backbone features of new data with a saved model",
          "Writes features.npy (one row per sample, float32) and, for images, "
@@ -968,7 +995,7 @@ def build_parser():
                        help="inference batch size (default: the training batch size)")
         if name == "predict":
             p.add_argument("--proba", action="store_true",
-                           help="also write the cluster probabilities of each head")
+                           help="also write the cluster probabilities, overall and per head")
         _common(p)
         p.set_defaults(func=func)
     return parser

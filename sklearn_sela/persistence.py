@@ -8,11 +8,11 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 1``)::
+Layout of the archive (``"format_version": 2``)::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 1,
+      "format_version": 2,
       "library_version": "0.1.0",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
@@ -22,8 +22,19 @@ Layout of the archive (``"format_version": 1``)::
       "labels": LongTensor (n_samples, n_heads),   # self-labels of the training set
       "log_betas": [Tensor or None per head],
       "label_updates": 100,
-      "history": "<JSON of the skorch history>"
+      "history": "<JSON of the skorch history>",
+      "labels_from": "features",                  # or "head"
+      "partition": {                               # None with "head"
+        "params": "<JSON of the SinkhornAssigner's get_params()>",
+        "cluster_centers": Tensor (K, D), "log_beta": Tensor (K,),
+        "labels": LongTensor (n_samples,),
+        "inertia": float, "temperature": float, "n_iter": int,
+        "n_features_in": int
+      }
     }
+
+Format 1 (before ``labels_from``) is still read: its models take their
+labels from the head, as they did.
 """
 
 # Authors: sklearn-sela developers
@@ -39,7 +50,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -60,6 +71,36 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     raise TypeError(type(value).__name__)
+
+
+def _partition_state(est):
+    if est.labels_from_ != "features":
+        return None
+    sa = est.feature_assigner_
+    return {
+        "params": json.dumps({k: _jsonable(v) for k, v in sa.get_params().items()}),
+        "cluster_centers": torch.as_tensor(sa.cluster_centers_),
+        "log_beta": torch.as_tensor(sa.log_beta_),
+        "labels": torch.as_tensor(sa.labels_, dtype=torch.int64),
+        "inertia": float(sa.inertia_),
+        "temperature": float(sa.temperature_),
+        "n_iter": int(sa.n_iter_),
+        "n_features_in": int(sa.n_features_in_),
+    }
+
+
+def _partition_from_state(part):
+    from .assigner import SinkhornAssigner
+
+    sa = SinkhornAssigner(**json.loads(part["params"]))
+    sa.cluster_centers_ = part["cluster_centers"].numpy()
+    sa.log_beta_ = part["log_beta"].numpy()
+    sa.labels_ = part["labels"].numpy()
+    sa.inertia_ = float(part["inertia"])
+    sa.temperature_ = float(part["temperature"])
+    sa.n_iter_ = int(part["n_iter"])
+    sa.n_features_in_ = int(part["n_features_in"])
+    return sa
 
 
 def _params_to_json(est):
@@ -163,6 +204,8 @@ def save_model(est, path):
         ],
         "label_updates": int(getattr(net, "label_updates_", 0)),
         "history": json.dumps(net.history.to_list(), default=_json_default),
+        "labels_from": est.labels_from_,
+        "partition": _partition_state(est),
     }
     path = os.fspath(path)
     tmp = path + ".tmp"
@@ -234,7 +277,8 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     Returns
     -------
     est : SelfLabelClusterer
-        Fitted: ``labels_``, ``labels_all_``, ``n_clusters_``, ``net_``,
+        Fitted: ``labels_``, ``labels_all_``, ``labels_from_``,
+        ``feature_assigner_`` (when fitted), ``n_clusters_``, ``net_``,
         ``history_``, ``log_betas_``, ``input_info_`` and ``n_epochs_`` are
         restored, so :meth:`predict`, :meth:`predict_proba`,
         :meth:`transform` and :meth:`score` give the same results as on the
@@ -259,6 +303,12 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     state = _read(path)
     try:
         params = json.loads(state["params"])
+        # Format 1 predates labels_from: those models used their head.
+        labels_from = state.get("labels_from", "head")
+        params.setdefault("labels_from", labels_from)
+        partition = (
+            _partition_from_state(state["partition"]) if labels_from == "features" else None
+        )
         for name, value in (
             ("device", device),
             ("batch_size", batch_size),
@@ -274,7 +324,7 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
             state["input_info"]["n_samples"],
         )
         ks = [int(k) for k in state["n_clusters"]]
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(
             f"{os.fspath(path)!r} is a damaged sklearn-sela model file ({exc})."
         ) from exc
@@ -304,6 +354,11 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     est.n_clusters_ = ks
     est.n_epochs_ = int(state["n_epochs"])
     est.labels_all_ = labels.numpy().copy()
-    est.labels_ = est.labels_all_[:, est.head].copy()
+    est.labels_from_ = labels_from
+    if labels_from == "features":
+        est.feature_assigner_ = partition
+        est.labels_ = partition.labels_.copy()
+    else:
+        est.labels_ = est.labels_all_[:, est.head].copy()
     est.log_betas_ = [None if b is None else b.numpy() for b in state["log_betas"]]
     return est

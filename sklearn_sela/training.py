@@ -24,7 +24,15 @@ from torch.utils.data import Subset
 
 from .backbones import MultiHeadNet
 from .data import AugmentedDataset
-from .distributed import get_process_group, unwrap_module, update_labels_distributed
+from .distributed import (
+    all_gather_rows,
+    get_process_group,
+    get_rank,
+    get_world_size,
+    shard_bounds,
+    unwrap_module,
+    update_labels_distributed,
+)
 from .sinkhorn import sinkhorn_knopp
 
 __all__ = [
@@ -207,6 +215,30 @@ class SelfLabelNet(NeuralNet):
         for x, rows in self._label_batches(dataset, offset):
             buffer[rows] = module.features(x).float().cpu()
         return buffer
+
+    @torch.no_grad()
+    def training_features(self, dataset):
+        """Backbone features of every training sample, without augmentation.
+
+        Returns an ``(N, D)`` float32 CPU tensor in sample order: what
+        ``transform`` gives for the training data (an
+        :class:`~sklearn_sela.data.AugmentedDataset` is read without its
+        transform, whatever ``augment_labels`` says). Under
+        ``torch.distributed`` each rank computes its shard and the rows are
+        all-gathered, so every rank holds the same matrix.
+        """
+        if isinstance(dataset, AugmentedDataset):
+            dataset = AugmentedDataset(dataset.base, None)
+        n = len(self.labels_)
+        dim = unwrap_module(self.module_).feature_dim
+        group = get_process_group()
+        if group is None:
+            return self.features_into(dataset, torch.empty((n, dim)))
+        lo, hi = shard_bounds(n, get_world_size(group), get_rank(group))
+        local = self.features_into(
+            Subset(dataset, range(lo, hi)), torch.empty((hi - lo, dim)), lo
+        )
+        return all_gather_rows(local, group).cpu()
 
     def head_log_probas(self, dataset, shard=None, device="cpu"):
         """Yield ``(t, log-probabilities)`` of each head for ``dataset``.

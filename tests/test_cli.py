@@ -147,15 +147,21 @@ def test_image_folder_names_still_importable_from_cli():
 def test_fit_writes_all_outputs(fitted, folder):
     names = set(os.listdir(fitted))
     assert {"labels.csv", "model.pt", "features.npy", "summary.json", "label_nmi.png",
-            "montage_head0.png", "montage_head1.png"} <= names
+            "montage.png", "montage_head0.png", "montage_head1.png"} <= names
     with open(fitted / "labels.csv") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["path", "label_0", "label_1"]
+    assert rows[0] == ["path", "cluster", "label_0", "label_1"]
     assert len(rows) == N_GOOD + 1
     paths = [r[0] for r in rows[1:]]
     assert paths == sorted(paths) and all(os.path.isfile(p) for p in paths)
-    assert {int(r[1]) for r in rows[1:]} <= {0, 1, 2}
-    assert {int(r[2]) for r in rows[1:]} <= {0, 1, 2, 3}
+    est = load_model(fitted / "model.pt")
+    assert [int(r[1]) for r in rows[1:]] == est.labels_.tolist()
+    assert {int(r[2]) for r in rows[1:]} <= {0, 1, 2}
+    assert {int(r[3]) for r in rows[1:]} <= {0, 1, 2, 3}
+    summary = json.loads((fitted / "summary.json").read_text())
+    clusters = summary["clusters"]
+    assert clusters["labels_from"] == "features" and clusters["n_clusters"] == 3
+    assert sum(clusters["cluster_sizes"]) == N_GOOD
     features = np.load(fitted / "features.npy")
     assert features.shape[0] == N_GOOD and features.dtype == np.float32
     for png in ("montage_head0.png", "montage_head1.png", "label_nmi.png"):
@@ -204,8 +210,8 @@ def test_fit_arrays(tmp_path, capsys):
     assert status == 0
     with open(tmp_path / "a" / "labels.csv") as fh:
         rows = list(csv.reader(fh))
-    # One column per head (the estimator's default, 10 heads).
-    assert rows[0] == ["index"] + [f"label_{t}" for t in range(10)]
+    # The clusters, then one column per head (the estimator's default, 10 heads).
+    assert rows[0] == ["index", "cluster"] + [f"label_{t}" for t in range(10)]
     assert rows[1][0] == "0" and len(rows) == 41
     assert not any(n.startswith("montage") for n in os.listdir(tmp_path / "a"))
 
@@ -253,14 +259,18 @@ def test_predict_and_transform_folder(fitted, folder, tmp_path, capsys):
     assert "broken.png" in err  # bad files are reported here too
     with open(tmp_path / "predictions.csv") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["path", "label_0", "label_1"] and len(rows) == N_GOOD + 1
+    assert rows[0] == ["path", "cluster", "label_0", "label_1"] and len(rows) == N_GOOD + 1
     est = load_model(model)
     paths = [r[0] for r in rows[1:]]
-    expected = est.predict(ImageFiles(paths, "L"), head=1)
-    assert [int(r[2]) for r in rows[1:]] == expected.tolist()
+    images = ImageFiles(paths, "L")
+    assert [int(r[1]) for r in rows[1:]] == est.predict(images).tolist()
+    assert [int(r[3]) for r in rows[1:]] == est.predict(images, head=1).tolist()
     proba = np.load(tmp_path / "probabilities_head1.npy")
     assert proba.shape == (N_GOOD, 4)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    proba = np.load(tmp_path / "probabilities.npy")
+    assert proba.shape == (N_GOOD, 3)
+    np.testing.assert_array_equal(proba.argmax(axis=1), est.predict(images))
 
     status, _, _ = _run(capsys, "transform", model, str(folder / "class2"), "--out",
                         str(tmp_path / "t"), "--batch-size", "5")
@@ -479,6 +489,29 @@ def test_save_load_roundtrip(digits_small, tmp_path):
     assert len(loaded.history_) == len(est.history_)
     assert loaded.history_[0]["label_update"]["sinkhorn_iter"] == \
         est.history_[0]["label_update"]["sinkhorn_iter"]
+    # The partition of the features (labels_from="auto" on this small set).
+    assert loaded.labels_from_ == est.labels_from_ == "features"
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    np.testing.assert_allclose(loaded.feature_assigner_.cluster_centers_,
+                               est.feature_assigner_.cluster_centers_)
+
+
+def test_load_format_1_uses_the_head(digits_small, tmp_path):
+    # Files written before labels_from have no partition: their models keep
+    # taking labels and predictions from the head, as when they were saved.
+    X, _ = digits_small
+    est = SelfLabelClusterer(n_clusters=4, n_heads=2, max_epochs=1, batch_size=32,
+                             random_state=0).fit(X)
+    state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
+    params = json.loads(state["params"])
+    del params["labels_from"], state["labels_from"], state["partition"]
+    state.update(format_version=1, params=json.dumps(params))
+    torch.save(state, tmp_path / "v1.pt")
+    old = load_model(tmp_path / "v1.pt")
+    assert old.labels_from_ == "head" and old.get_params()["labels_from"] == "head"
+    assert not hasattr(old, "feature_assigner_")
+    np.testing.assert_array_equal(old.labels_, est.labels_all_[:, 0])
+    np.testing.assert_array_equal(old.predict(X), est.predict(X, head=0))
 
 
 def test_save_rejects_unsaveable_params(digits_small, tmp_path):

@@ -144,12 +144,12 @@ def test_labels_change_and_stay_balanced(digits):
 def test_balanced_assign_gives_exact_equipartition(digits):
     X, _ = digits
     est = SelfLabelClusterer(n_clusters=8, assign="balanced", **FAST).fit(X)
-    assert set(np.bincount(est.labels_, minlength=8)) == {50}
+    assert set(np.bincount(est.labels_all_[:, 0], minlength=8)) == {50}
 
 
 def test_heads_have_their_own_labels_and_sizes(digits):
     X, _ = digits
-    est = SelfLabelClusterer(n_clusters=[5, 7, 9], **FAST).fit(X)
+    est = SelfLabelClusterer(n_clusters=[5, 7, 9], labels_from="head", **FAST).fit(X)
     assert est.labels_all_.shape == (len(X), 3)
     for t, k in enumerate([5, 7, 9]):
         assert est.labels_all_[:, t].max() == k - 1
@@ -157,13 +157,15 @@ def test_heads_have_their_own_labels_and_sizes(digits):
     # Heads are trained jointly but label independently.
     assert not np.array_equal(est.labels_all_[:, 0], est.labels_all_[:, 1])
     np.testing.assert_array_equal(est.labels_, est.labels_all_[:, 0])
+    np.testing.assert_array_equal(est.predict(X), est.predict(X, head=0))
+    assert not hasattr(est, "feature_assigner_")
 
 
 def test_zero_updates_keep_random_labels(digits):
     X, _ = digits
     est = SelfLabelClusterer(n_clusters=10, n_label_updates=0, **FAST).fit(X)
     assert _label_updates(est) == []
-    assert set(np.bincount(est.labels_)) == {40}
+    assert set(np.bincount(est.labels_all_[:, 0])) == {40}
 
 
 @pytest.mark.parametrize(
@@ -306,20 +308,45 @@ def test_pipeline_linear_probe(digits):
     assert pipe.score(X[300:], y[300:]) > 0.5
 
 
-def test_pipeline_clusters_the_features_with_sinkhorn_assigner(digits):
-    # User guide, "A partition from the features": a balanced 10-way
-    # partition of the learned features (here of an over-clustered fit).
+def test_labels_from_features_partitions_the_learned_features(digits):
+    # labels_ is the balanced spherical k-means of the training features:
+    # exactly what SinkhornAssigner(metric="cosine") gives on transform(X).
     X, y = digits
-    pipe = Pipeline([
-        ("sela", SelfLabelClusterer(n_clusters=30, n_heads=2, **FAST)),
-        ("assign", SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0)),
-    ])
-    labels = pipe.fit_predict(X[:300])
-    np.testing.assert_array_equal(labels, pipe.named_steps["assign"].labels_)
-    assert np.bincount(labels, minlength=10).tolist() == [30] * 10
-    assert normalized_mutual_info_score(y[:300], labels) > 0.5
-    new = pipe.predict(X[300:])
-    assert new.shape == (100,) and set(new) <= set(range(10))
+    X, Xnew, y = X[:300], X[300:], y[:300]
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, **FAST).fit(X)
+    assert est.labels_from_ == "features"
+    F = est.transform(X)
+    alone = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0).fit(F)
+    np.testing.assert_array_equal(est.labels_, alone.labels_)
+    assert np.bincount(est.labels_, minlength=10).tolist() == [30] * 10
+    # Better than the self-labels of the same fit after 3 epochs.
+    nmi = normalized_mutual_info_score(y, est.labels_)
+    assert nmi > 0.5 and nmi > normalized_mutual_info_score(y, est.labels_all_[:, 0]) + 0.05
+    # New samples: the assigner on their features; heads on request.
+    proba = est.predict_proba(Xnew)
+    assert proba.shape == (100, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(proba, alone.transform(est.transform(Xnew)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(est.predict(Xnew), proba.argmax(axis=1))
+    np.testing.assert_allclose(est.predict_proba(Xnew, head=1),
+                               est._head_probas(Xnew)[1])
+    assert est.score(Xnew) != est.score(Xnew, head=0)
+
+
+def test_labels_from_auto_keeps_the_head_for_huge_partitions(digits, monkeypatch):
+    import sklearn_sela.clusterer as clusterer_module
+
+    X, _ = digits
+    monkeypatch.setattr(clusterer_module, "_MAX_PARTITION_ENTRIES", 400 * 8 - 1)
+    est = SelfLabelClusterer(n_clusters=8, n_heads=1, **FAST).fit(X)
+    assert est.labels_from_ == "head" and not hasattr(est, "feature_assigner_")
+    np.testing.assert_array_equal(est.labels_, est.labels_all_[:, 0])
+    # Refits replace what an earlier fit left, either way.
+    est.set_params(labels_from="features").fit(X)
+    assert est.labels_from_ == "features" and hasattr(est, "feature_assigner_")
+    est.set_params(labels_from="head").fit(X)
+    assert not hasattr(est, "feature_assigner_")
+    np.testing.assert_array_equal(est.predict(X), est.predict(X, head=0))
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])

@@ -98,6 +98,7 @@ def _worker(rank, port, outdir):
         ).fit(X)
         out["fit"] = dict(
             labels=est.labels_,
+            labels_from=est.labels_from_,
             state={k: v.clone() for k, v in est.net_.module_.state_dict().items()},
             updates=[r["label_update"] for r in est.history_ if "label_update" in r],
             module_type=type(est.net_.module_).__name__,
@@ -197,8 +198,10 @@ def test_rough_plan_needs_rounding(ranks):
 def test_distributed_fit(ranks):
     outdir, results = ranks
     fits = [r["fit"] for r in results]
-    # Labels for all N samples, exactly balanced, identical on every rank.
+    # Labels for all N samples, exactly balanced, identical on every rank:
+    # the partition of the features, all-gathered from the ranks' shards.
     for f in fits:
+        assert f["labels_from"] == "features"
         assert f["labels"].shape == (FIT_N,)
         sizes = np.bincount(f["labels"], minlength=FIT_K)
         assert sizes.sum() == FIT_N
