@@ -4,12 +4,12 @@ One iteration needs, for every row ``i`` of the kernel ``W``, the row sum
 ``s_i = W[i] @ b`` for the current column scaling, its reciprocal
 ``a_i = 1 / s_i`` (the new row scaling), and then the column sums
 ``v = W.T @ a``. Torch can only do this as two matrix-vector products per
-block of rows (``mv`` then ``addmv``), a dozen library calls, each with its
-own OpenMP fork and join, per 2 MB block: on a 2-core machine that costs
-0.6 to 1 times a plain ``mv`` over the whole matrix on top of the one read
-from memory. Here each thread takes a contiguous range of rows and does
-both products row by row, four rows at a time, while the rows are in its L1
-cache: one read of the matrix and one fork and join per pass.
+2 MB block of rows (``mv``, ``reciprocal_``, ``addmv_``: three library
+calls per block, each with its own OpenMP fork and join): on a 2-core
+machine that costs 0.6 to 1 times a plain ``mv`` over the whole matrix on
+top of the one read from memory. Here each thread takes a contiguous range
+of rows and does both products four rows at a time, while the rows are in
+its L1 cache: one read of the matrix and one fork and join per pass.
 
 This module is imported lazily by :mod:`sklearn_sela.sinkhorn` (numba's
 import and the first compilation take about 2 seconds; the compiled code is
@@ -33,7 +33,7 @@ _GROUP = 256
     error_model="numpy",
     cache=True,
 )
-def _pass(W, b, a, totals):  # pragma: no cover - compiled; tested via fused_pass
+def _pass(W, b, a, totals):
     n, k = W.shape
     n_parts = totals.shape[0]
     chunk = (n + n_parts - 1) // n_parts

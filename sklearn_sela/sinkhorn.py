@@ -46,8 +46,9 @@ Notes on the numerics
   the row scaling is computed from the current column scaling and immediately
   used to accumulate the column sums, while the block is still in cache. On
   CPU, kernels of 4M entries or more run a compiled pass (numba) that does
-  this row by row in each thread, so the matrix is read once per iteration
-  with one fork and join instead of a dozen library calls per block.
+  this four rows at a time in each thread, so the matrix is read once per
+  iteration with one fork and join instead of three library calls per
+  block.
 * The column update is over-relaxed, ``log_b += omega * log(target / col)``,
   with ``omega`` in ``[1, 1.9]`` set from the convergence rate observed over
   the first iterations (the classic ``2 / (1 + sqrt(1 - rate))``). Every step
