@@ -27,10 +27,11 @@ from .training import (
 
 __all__ = ["SelfLabelClusterer"]
 
-# labels_from="auto" partitions the features when the balanced assignment's
-# (N, K) score matrix has at most this many entries (256 MB in float32):
-# Fashion-MNIST's 60,000 x 10 easily, ImageNet's 1.28M x 3000 (15 GB) not.
-_MAX_PARTITION_ENTRIES = 1 << 26
+# labels_from="auto" partitions the features when the (N, D) training
+# features and the assignment's (N, K) scores have at most this many entries
+# together (512 MB in float32): Fashion-MNIST's 60,000 x (128 + 10) easily;
+# not ImageNet, whose AlexNet features alone are 1.28M x 4096 (21 GB).
+_MAX_PARTITION_ENTRIES = 1 << 27
 
 
 def _auto_epochs(n_samples):
@@ -140,8 +141,10 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         ``feature_assigner_``; new samples go to the nearest centre under the
         learned balancing. ``"head"``: the self-labels of head ``head`` and
         its softmax (the paper's clusters). ``"auto"`` is ``"features"``
-        unless ``n_samples * n_clusters_[head]`` exceeds 2**26 (the
-        assignment holds an ``(N, K)`` matrix). The heads' self-labels are
+        unless ``n_samples * (n_features + n_clusters_[head])`` exceeds
+        2**27, with ``n_features`` the width of :meth:`transform` (the
+        partition holds the ``(N, D)`` features and an ``(N, K)`` score
+        matrix: 512 MB in float32). The heads' self-labels are
         in ``labels_all_`` either way. On Fashion-MNIST the feature partition
         scored a clustering accuracy of 0.62 against 0.47 for head 0 (mean of
         3 seeds); on digits 0.961 against 0.958 (docs/benchmarks_quality.md).
@@ -328,10 +331,10 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             return default_augmentation(info)
         return self.augment
 
-    def _resolve_labels_from(self, n_samples, n_clusters):
+    def _resolve_labels_from(self, n_samples, n_features, n_clusters):
         if self.labels_from != "auto":
             return self.labels_from
-        if n_samples * n_clusters <= _MAX_PARTITION_ENTRIES:
+        if n_samples * (n_features + n_clusters) <= _MAX_PARTITION_ENTRIES:
             return "features"
         return "head"
 
@@ -471,7 +474,9 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.n_clusters_ = ks
         self.n_epochs_ = len(net.history)
         self.labels_all_ = net.labels_.numpy().copy()
-        self.labels_from_ = self._resolve_labels_from(n, ks[self.head])
+        self.labels_from_ = self._resolve_labels_from(
+            n, net.module_.feature_dim, ks[self.head]
+        )
         if self.labels_from_ == "features":
             self.feature_assigner_ = self._partition_features(
                 net, train_set, ks[self.head], seed

@@ -337,7 +337,9 @@ def test_labels_from_auto_keeps_the_head_for_huge_partitions(digits, monkeypatch
     import sklearn_sela.clusterer as clusterer_module
 
     X, _ = digits
-    monkeypatch.setattr(clusterer_module, "_MAX_PARTITION_ENTRIES", 400 * 8 - 1)
+    # 400 samples x (features + 8 clusters): one entry over the limit.
+    width = SelfLabelClusterer(n_clusters=8, n_heads=1, **FAST).fit(X).transform(X).shape[1]
+    monkeypatch.setattr(clusterer_module, "_MAX_PARTITION_ENTRIES", 400 * (width + 8) - 1)
     est = SelfLabelClusterer(n_clusters=8, n_heads=1, **FAST).fit(X)
     assert est.labels_from_ == "head" and not hasattr(est, "feature_assigner_")
     np.testing.assert_array_equal(est.labels_, est.labels_all_[:, 0])
