@@ -344,10 +344,7 @@ def _infer(est, data, what, quiet, desc):
         if what == "features":
             parts.append(est.transform(chunk))
         else:
-            parts.append(
-                [est.predict_proba(chunk)]
-                + [est.predict_proba(chunk, head=t) for t in range(len(est.n_clusters_))]
-            )
+            parts.append([est.predict_proba(chunk)] + est.predict_proba_heads(chunk))
     if what == "features":
         return np.concatenate(parts)
     return [np.concatenate([p[t] for p in parts]) for t in range(len(parts[0]))]

@@ -546,9 +546,23 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if head is None and self.labels_from_ == "features":
             return self.feature_assigner_.transform(self.transform(X))
         head = self._check_head(head)
-        return self._head_probas(X)[head]
+        return self.predict_proba_heads(X)[head]
 
-    def _head_probas(self, X):
+    def predict_proba_heads(self, X):
+        """Cluster probabilities of every head, from one pass of the network.
+
+        Parameters
+        ----------
+        X : array-like, Tensor or Dataset
+            Same kinds of input as :meth:`fit`.
+
+        Returns
+        -------
+        probas : list of ndarray
+            Per head ``t``, ``softmax(h_t(phi(x)))`` of shape
+            ``(n_samples, n_clusters_[t])``.
+        """
+        check_is_fitted(self, "net_")
         outs = self._forward(X, "probas")
         return [torch.cat([o[t] for o in outs]).numpy() for t in range(len(outs[0]))]
 

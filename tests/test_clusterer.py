@@ -329,7 +329,7 @@ def test_labels_from_features_partitions_the_learned_features(digits):
     np.testing.assert_allclose(proba, alone.transform(est.transform(Xnew)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(est.predict(Xnew), proba.argmax(axis=1))
     np.testing.assert_allclose(est.predict_proba(Xnew, head=1),
-                               est._head_probas(Xnew)[1])
+                               est.predict_proba_heads(Xnew)[1])
     assert est.score(Xnew) != est.score(Xnew, head=0)
 
 
