@@ -3,8 +3,9 @@
 :func:`make_backbone` turns a specification (a name or a user
 :class:`torch.nn.Module`) into a module mapping a batch of samples of shape
 ``(B, *info.sample_shape)`` to ``(B, D)`` features; :class:`MultiHeadNet`
-puts ``T`` linear classification heads on top, one per simultaneous
-clustering (SeLa section 3.5).
+puts ``T`` classification heads on top, one per simultaneous clustering
+(SeLa section 3.5), linear as in the paper or cosine heads behind a
+projection MLP (SeLa-v2).
 """
 
 # Authors: sklearn-sela developers
@@ -70,9 +71,11 @@ class ConvNet(nn.Module):
     ``widths``; in every stage but the last, a 2x2 max pool halves the
     feature map while its smaller side is at least 6, so maps never shrink
     below 3x3 (an 8x8 digit is pooled once, a 28x28 image three times, to
-    3x3). Global
-    average pooling and ``Linear - BatchNorm1d - ReLU`` give the
-    ``feature_dim`` features; 128, as in the paper's kNN protocol.
+    3x3). Global average pooling and ``Linear - BatchNorm1d - ReLU`` give
+    the ``feature_dim`` features (128, as in the paper's kNN protocol), or,
+    with ``feature_dim=None``, the pooled maps are the features
+    (``widths[-1]`` of them): what :class:`MultiHeadNet` needs below a
+    projection head, which takes the place of that last block.
 
     Parameters
     ----------
@@ -82,8 +85,8 @@ class ConvNet(nn.Module):
         Input height and width; fixes where pooling happens.
     widths : tuple of int, default=(32, 64, 128, 256)
         Output channels of the convolutional stages.
-    feature_dim : int, default=128
-        Output dimension.
+    feature_dim : int or None, default=128
+        Output dimension; None for the pooled convolutional features.
 
     Notes
     -----
@@ -112,8 +115,12 @@ class ConvNet(nn.Module):
             layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c, feature_dim, bias=False),
-                                  nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True))
+        if feature_dim is None:
+            self.head = nn.Flatten()
+            feature_dim = c
+        else:
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(c, feature_dim, bias=False),
+                                      nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True))
         self.feature_dim = feature_dim
         self.to(memory_format=torch.channels_last)
 
@@ -254,7 +261,7 @@ def _infer_feature_dim(module, info):
     return int(out.shape[1])
 
 
-def make_backbone(spec, info):
+def make_backbone(spec, info, *, projection=False):
     """Build the feature extractor for the given input.
 
     Parameters
@@ -266,9 +273,10 @@ def make_backbone(spec, info):
           whose smaller side is under 64 pixels, ``"alexnet"`` otherwise;
         - ``"mlp"``: :class:`MLP` (512-512-128 with batch norm), 128 features;
           images are flattened;
-        - ``"convnet"``: :class:`ConvNet`, 128 features, for images of any
-          size (meant for 8x8 to about 64x64); widths (32, 64, 128) for
-          images under 16 pixels, (32, 64, 128, 256) otherwise;
+        - ``"convnet"``: :class:`ConvNet`, 128 features (with
+          ``projection``: the pooled maps, 128 or 256 features), for images
+          of any size (meant for 8x8 to about 64x64); widths (32, 64, 128)
+          for images under 16 pixels, (32, 64, 128, 256) otherwise;
         - ``"alexnet"``: :class:`AlexNetFeatures`, 4096 features, images of
           at least 63x63;
         - ``"resnet18"`` / ``"resnet50"``: torchvision ResNets, randomly
@@ -284,6 +292,11 @@ def make_backbone(spec, info):
         convolution is replaced when the input does not have 3 channels.
     info : InputInfo
         Description of the input, from :func:`sklearn_sela.data.as_dataset`.
+    projection : bool, default=False
+        Whether a projection head will follow (:class:`MultiHeadNet`'s
+        ``projection``). The convnet then ends at its global average pool:
+        the ``Linear - BatchNorm1d - ReLU`` block it otherwise ends with is
+        the projection's job. Other backbones are unchanged.
 
     Returns
     -------
@@ -335,7 +348,8 @@ def make_backbone(spec, info):
         # runs at 4x4, where a 256-wide stage costs 3/4 of the compute with
         # no better clusters or kNN on digits (docs/benchmarks_quality.md).
         widths = (32, 64, 128) if min(height, width) < 16 else (32, 64, 128, 256)
-        module = ConvNet(channels, (height, width), widths=widths)
+        module = ConvNet(channels, (height, width), widths=widths,
+                         feature_dim=None if projection else 128)
         return module, module.feature_dim
     if name == "alexnet":
         if _alexnet_out_size(min(height, width)) < 1:
@@ -350,7 +364,16 @@ def make_backbone(spec, info):
 
 
 class MultiHeadNet(nn.Module):
-    """A backbone with ``T`` linear classification heads.
+    """A backbone with ``T`` classification heads, optionally behind a projection.
+
+    ``backbone -> [projection MLP] -> T heads``. With the defaults (no
+    projection, no temperature) the heads are linear layers on the backbone
+    features, as in the paper (section 3.5). With a ``temperature`` they are
+    cosine classifiers: the logits are the cosine similarities of the
+    L2-normalised embedding with each head's L2-normalised weight rows (one
+    prototype per cluster), divided by the temperature, as in the SeLa-v2
+    variant of Caron et al. (2020, SwAV, appendix). Either way the
+    features used downstream are the backbone's, before any projection.
 
     Parameters
     ----------
@@ -360,20 +383,35 @@ class MultiHeadNet(nn.Module):
         Output dimension of ``backbone``.
     n_clusters : list of int or int
         Number of clusters of each head (an int means one head).
+    projection : tuple of int or None, default=None
+        Widths of an MLP between the features and the heads: a
+        ``Linear - BatchNorm1d - ReLU`` block per width but the last, then a
+        ``Linear`` layer to the last width (the embedding). None: the heads
+        read the features.
+    temperature : float or None, default=None
+        Temperature of cosine heads; None for linear heads (with bias).
 
     Attributes
     ----------
     backbone : torch.nn.Module
         The feature extractor.
+    projection : torch.nn.Module
+        The projection MLP (an ``Identity`` without one).
     heads : torch.nn.ModuleList of torch.nn.Linear
-        ``heads[t]`` maps features to ``n_clusters[t]`` logits.
+        ``heads[t]`` maps embeddings to ``n_clusters[t]`` logits (cosine
+        heads use only the weight).
     n_clusters : list of int
         Clusters per head.
     feature_dim : int
         Feature dimension.
+    embed_dim : int
+        Width of the embedding the heads read (``projection[-1]``, or
+        ``feature_dim``).
+    temperature : float or None
+        As given.
     """
 
-    def __init__(self, backbone, feature_dim, n_clusters):
+    def __init__(self, backbone, feature_dim, n_clusters, *, projection=None, temperature=None):
         super().__init__()
         if isinstance(n_clusters, numbers.Integral):
             n_clusters = [n_clusters]
@@ -388,7 +426,59 @@ class MultiHeadNet(nn.Module):
         self.backbone = backbone
         self.feature_dim = int(feature_dim)
         self.n_clusters = [int(k) for k in n_clusters]
-        self.heads = nn.ModuleList(nn.Linear(self.feature_dim, k) for k in self.n_clusters)
+        self.temperature = None if temperature is None else float(temperature)
+        layers, width = [], self.feature_dim
+        widths = list(projection or ())
+        for i, out in enumerate(widths):
+            if i < len(widths) - 1:
+                # The bias would be cancelled by the batch norm's mean removal.
+                layers += [nn.Linear(width, out, bias=False), nn.BatchNorm1d(out),
+                           nn.ReLU(inplace=True)]
+            else:
+                layers.append(nn.Linear(width, out))
+            width = out
+        self.projection = nn.Sequential(*layers) if layers else nn.Identity()
+        self.embed_dim = width
+        cosine = self.temperature is not None
+        self.heads = nn.ModuleList(
+            nn.Linear(width, k, bias=not cosine) for k in self.n_clusters
+        )
+
+    def embed(self, features):
+        """Map backbone features to what the heads read.
+
+        Parameters
+        ----------
+        features : torch.Tensor of shape (B, feature_dim)
+
+        Returns
+        -------
+        embedding : torch.Tensor of shape (B, embed_dim)
+            The projection's output, L2-normalised for cosine heads.
+        """
+        z = self.projection(features)
+        if self.temperature is not None:
+            z = nn.functional.normalize(z, dim=1)
+        return z
+
+    def head_logits(self, t, embedding):
+        """Logits of head ``t`` for embeddings from :meth:`embed`.
+
+        Parameters
+        ----------
+        t : int
+            Head index.
+        embedding : torch.Tensor of shape (B, embed_dim)
+
+        Returns
+        -------
+        logits : torch.Tensor of shape (B, n_clusters[t])
+        """
+        head = self.heads[t]
+        if self.temperature is None:
+            return head(embedding)
+        weight = nn.functional.normalize(head.weight, dim=1)
+        return nn.functional.linear(embedding, weight) / self.temperature
 
     def forward(self, x):
         """Compute the logits of every head.
@@ -404,8 +494,8 @@ class MultiHeadNet(nn.Module):
             ``logits[t]`` has shape ``(B, n_clusters[t])``. A tuple, so that
             skorch passes it through to the criterion unchanged.
         """
-        features = self.backbone(x)
-        return tuple(head(features) for head in self.heads)
+        z = self.embed(self.backbone(x))
+        return tuple(self.head_logits(t, z) for t in range(len(self.heads)))
 
     def features(self, x):
         """Compute the backbone features.

@@ -449,6 +449,30 @@ def _positive_float(text):
     return value
 
 
+def _positive_float_or(word):
+    """argparse type: a positive number, or ``word`` ("auto", "none")."""
+
+    def parse(text):
+        return text if text == word else _positive_float(text)
+
+    return parse
+
+
+def _projection(text):
+    """argparse type of --projection: comma-separated widths, or none."""
+    if text == "none":
+        return "none"
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated widths such as 512,128, or none; got {text!r}"
+        ) from None
+    if not all(w >= 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"widths must be >= 1, got {text!r}")
+    return tuple(widths)
+
+
 def _out_dir(path):
     try:
         os.makedirs(path, exist_ok=True)
@@ -551,7 +575,6 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         max_epochs=args.epochs,
         lr=args.lr,
         n_label_updates=args.label_updates,
-        lam=args.lam,
         assign=args.assign,
         image_size=args.image_size,
         device=args.device,
@@ -560,7 +583,11 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         random_state=args.seed,
-        **_given(batch_size=args.batch_size, n_heads=args.heads),
+        **_given(batch_size=args.batch_size, n_heads=args.heads, lam=args.lam),
+        # "none" asks for the paper's linear heads on the backbone features.
+        **{name: None if value == "none" else value
+           for name, value in _given(projection=args.projection,
+                                     temperature=args.temperature).items()},
     )
 
 
@@ -922,6 +949,13 @@ def build_parser():
     m.add_argument("--backbone", choices=BACKBONES, default="auto",
                    help="network: auto = MLP for features, conv net for images "
                         "under 64 px, AlexNet from 64 px")
+    m.add_argument("--projection", type=_projection, default=None, metavar="W,W|none",
+                   help="widths of the projection MLP before the heads (default 512,128); "
+                        "none: heads on the backbone features, as in the paper")
+    m.add_argument("--temperature", type=_positive_float_or("none"), default=None,
+                   metavar="T|none",
+                   help="temperature of the cosine heads (default 0.1); none: linear "
+                        "heads, as in the paper")
     m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")
@@ -933,7 +967,9 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, default=0.05, metavar="LR", help="initial SGD learning rate")
     t.add_argument("--label-updates", type=_int_at_least(0, auto=True), default="auto", metavar="M|auto",
                    help="number of self-labelling (Sinkhorn) steps; auto = half the epochs")
-    t.add_argument("--lam", type=_positive_float, default=25.0, metavar="LAMBDA", help="Sinkhorn lambda")
+    t.add_argument("--lam", type=_positive_float_or("auto"), default=None, metavar="LAMBDA|auto",
+                   help="Sinkhorn lambda (default auto: 25 with linear heads, "
+                        "20 x temperature with cosine heads)")
     t.add_argument("--assign", choices=("argmax", "balanced"), default="argmax",
                    help="labels from the transport plan by argmax, or as an exact equipartition")
     t.add_argument("--no-augment", action="store_true", help="train without data augmentation")

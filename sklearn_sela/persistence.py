@@ -8,11 +8,11 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 2``)::
+Layout of the archive (``"format_version": 3``)::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 2,
+      "format_version": 3,
       "library_version": "0.1.0",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
@@ -33,8 +33,10 @@ Layout of the archive (``"format_version": 2``)::
       }
     }
 
-Format 1 (before ``labels_from``) is still read: its models take their
-labels from the head, as they did.
+Formats 1 and 2 are still read. Their networks predate ``projection`` and
+``temperature`` (linear heads on the backbone features, ``lam`` 25), which
+their models get; format 1 also predates ``labels_from``, so its models
+take their labels from the head, as they did.
 """
 
 # Authors: sklearn-sela developers
@@ -50,7 +52,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -306,6 +308,9 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         # Format 1 predates labels_from: those models used their head.
         labels_from = state.get("labels_from", "head")
         params.setdefault("labels_from", labels_from)
+        # Formats 1 and 2 predate the projection and cosine heads.
+        params.setdefault("projection", None)
+        params.setdefault("temperature", None)
         partition = (
             _partition_from_state(state["partition"]) if labels_from == "features" else None
         )

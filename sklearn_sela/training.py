@@ -209,11 +209,16 @@ class SelfLabelNet(NeuralNet):
         return buffers
 
     @torch.no_grad()
-    def features_into(self, dataset, buffer, offset=0):
-        """Write the backbone features of ``dataset`` into ``buffer`` (N, D)."""
+    def features_into(self, dataset, buffer, offset=0, embed=False):
+        """Write the backbone features of ``dataset`` into ``buffer`` (N, D).
+
+        With ``embed``, write what the heads read instead
+        (:meth:`~sklearn_sela.backbones.MultiHeadNet.embed` of the features).
+        """
         module = unwrap_module(self.module_)
         for x, rows in self._label_batches(dataset, offset):
-            buffer[rows] = module.features(x).float().cpu()
+            out = module.features(x)
+            buffer[rows] = (module.embed(out) if embed else out).float().cpu()
         return buffer
 
     @torch.no_grad()
@@ -246,29 +251,29 @@ class SelfLabelNet(NeuralNet):
         Each ``(N, K_t)`` float32 matrix (on ``device``) may be overwritten
         by the caller and is not used again after the next one is
         requested. ``shard=(lo, hi)`` restricts the pass to samples
-        ``lo:hi`` (one rank's rows). When the backbone features are
-        narrower than the heads' outputs together (``D + max K_t < sum
-        K_t``, e.g. ImageNet with ``D = 4096``, ``K = 3000``, ``T = 10``),
-        the features are computed once and each head's matrix in turn from
-        them, into one reused buffer, as the paper's release does:
-        ``N (D + max K)`` floats instead of ``N sum K`` (36 GB instead of
-        154 GB in that example). Otherwise all heads are computed in one
-        pass.
+        ``lo:hi`` (one rank's rows). When what the heads read (the
+        features, or the projection's embedding) is narrower than their
+        outputs together (``D + max K_t < sum K_t``, e.g. ImageNet with
+        AlexNet's ``D = 4096``, ``K = 3000``, ``T = 10``), it is computed
+        once and each head's matrix in turn from it, into one reused buffer,
+        as the paper's release does: ``N (D + max K)`` floats instead of ``N
+        sum K`` (36 GB instead of 154 GB in that example). Otherwise all
+        heads are computed in one pass.
         """
         lo, hi = (0, len(self.labels_)) if shard is None else shard
         if shard is not None:
             dataset = Subset(dataset, range(lo, hi))
         n, ks = hi - lo, list(self.n_clusters)
         module = unwrap_module(self.module_)
-        if not isinstance(module, MultiHeadNet) or module.feature_dim + max(ks) >= sum(ks):
+        if not isinstance(module, MultiHeadNet) or module.embed_dim + max(ks) >= sum(ks):
             buffers = [torch.empty((n, k), dtype=torch.float32, device=device) for k in ks]
             self.log_probas_into(dataset, buffers, offset=lo)
             for t in range(len(ks)):
                 buf, buffers[t] = buffers[t], None  # freed once solved
                 yield t, buf
             return
-        feats = self.features_into(
-            dataset, torch.empty((n, module.feature_dim), dtype=torch.float32), lo
+        embedded = self.features_into(
+            dataset, torch.empty((n, module.embed_dim), dtype=torch.float32), lo, embed=True
         )
         storage = torch.empty(n * max(ks), dtype=torch.float32, device=device)
         # The heads' products run where the model is (a GPU does them in a
@@ -276,12 +281,15 @@ class SelfLabelNet(NeuralNet):
         dev = next(module.parameters()).device
         budget = (256 << 20) if dev.type == "cuda" else (4 << 20)
         rows = max(1, budget // (4 * max(ks)))
-        for t, (k, head) in enumerate(zip(ks, module.heads)):
+        for t, k in enumerate(ks):
             buf = storage[: n * k].view(n, k)
-            weight, bias = head.weight.detach().float(), head.bias.detach().float()
             for start in range(0, n, rows):
-                block = torch.addmm(bias, feats[start:start + rows].to(dev), weight.t())
-                buf[start:start + rows] = torch.log_softmax(block, dim=1).to(storage.device)
+                # Not around the yield: the caller would run without grad.
+                with torch.no_grad():
+                    block = module.head_logits(t, embedded[start:start + rows].to(dev))
+                    buf[start:start + rows] = torch.log_softmax(block.float(), dim=1).to(
+                        storage.device
+                    )
             yield t, buf
 
     def get_label_dataset(self, dataset):

@@ -72,6 +72,16 @@ def test_convnet_trains():
     assert (out >= 0).all()  # ends with ReLU
 
 
+def test_convnet_pooled_features_under_a_projection():
+    module, dim = make_backbone("convnet", _image(1, 28, 28), projection=True)
+    assert dim == module.feature_dim == 256 and isinstance(module.head, nn.Flatten)
+    out = module(torch.rand(4, 1, 28, 28))
+    assert out.shape == (4, 256) and (out >= 0).all()  # the pooled ReLU maps
+    assert make_backbone("convnet", _image(1, 8, 8), projection=True)[1] == 128
+    # Only the convnet has a block of its own that the projection replaces.
+    assert make_backbone("mlp", InputInfo("tabular", (10,), 5), projection=True)[1] == 128
+
+
 def test_alexnet_auto_batchnorm_features_and_channels():
     # One test: each AlexNet costs seconds to initialise (57M parameters).
     module, dim = make_backbone("auto", _image(3, 64, 64))
@@ -162,6 +172,32 @@ def test_multi_head_net():
         feats = net.features(x)
         torch.testing.assert_close(net(x)[1], net.heads[1](feats))
     assert len(MultiHeadNet(backbone, dim, 4).heads) == 1
+    assert isinstance(net.projection, nn.Identity) and net.embed_dim == dim
     for bad in ([], [0], [2, -1], [2.5], [True]):
         with pytest.raises(ValueError, match="n_clusters"):
             MultiHeadNet(backbone, dim, bad)
+
+
+def test_cosine_heads_behind_a_projection():
+    backbone, dim = make_backbone("mlp", InputInfo("tabular", (10,), 5))
+    net = MultiHeadNet(backbone, dim, [3, 5], projection=(32, 8), temperature=0.1)
+    linears = [m for m in net.projection if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(dim, 32), (32, 8)]
+    assert isinstance(net.projection[-1], nn.Linear)  # no ReLU on the embedding
+    assert net.embed_dim == 8 and all(h.bias is None for h in net.heads)
+    net.eval()
+    x = torch.rand(6, 10)
+    with torch.no_grad():
+        feats = net.features(x)
+        z = net.embed(feats)
+        logits = net(x)
+        assert feats.shape == (6, dim)  # the features are the backbone's
+        torch.testing.assert_close(z.norm(dim=1), torch.ones(6))
+        # Cosine similarity with each prototype over the temperature.
+        w = net.heads[1].weight
+        torch.testing.assert_close(logits[1], (z @ (w / w.norm(dim=1, keepdim=True)).T) / 0.1)
+        assert logits[0].abs().max() <= 10 + 1e-4
+        # The prototypes' lengths do not matter.
+        net.heads[0].weight.mul_(7.0)
+        torch.testing.assert_close(net(x)[0], logits[0])
+        torch.testing.assert_close(net.head_logits(1, z), logits[1])

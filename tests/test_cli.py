@@ -223,6 +223,28 @@ def test_fit_arrays(tmp_path, capsys):
     assert os.path.exists(tmp_path / "b" / "montage_head0.png")
 
 
+def test_fit_head_options(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 5)))
+    runs = {
+        "paper": ["--projection", "none", "--temperature", "none"],
+        "custom": ["--projection", "16,8", "--temperature", "0.2", "--lam", "3"],
+        "default": [],
+    }
+    for name, options in runs.items():
+        status, _, err = _run(capsys, "fit", str(tmp_path / "x.npy"), "-k", "3", "-t", "2",
+                              "--epochs", "1", "--out", str(tmp_path / name), "-q", *options)
+        assert status == 0, err
+    params = {name: json.loads((tmp_path / name / "summary.json").read_text())["parameters"]
+              for name in runs}
+    assert (params["paper"]["projection"], params["paper"]["temperature"]) == (None, None)
+    assert (params["custom"]["projection"], params["custom"]["temperature"]) == ([16, 8], 0.2)
+    assert params["custom"]["lam"] == 3.0 and params["default"]["lam"] == "auto"
+    assert params["default"]["projection"] == [512, 128]
+    module = load_model(tmp_path / "custom" / "model.pt").net_.module_
+    assert module.embed_dim == 8 and module.temperature == 0.2
+    assert load_model(tmp_path / "paper" / "model.pt").net_.lam == 25.0
+
+
 def test_fit_single_image_folder_with_image_size(tmp_path, capsys):
     for i, size in enumerate([(12, 12), (16, 10), (12, 12), (20, 20)]):
         _png(str(tmp_path / "mixed" / f"{i}.jpg"), i, size=size, mode="RGB")
@@ -357,6 +379,10 @@ def test_user_errors_exit_1(tmp_path, capsys):
     ["fit", "x", "--epochs", "many"],
     ["fit", "x", "--image-size", "3x"],
     ["fit", "x", "--batch-size", "1"],
+    ["fit", "x", "--projection", "512,0"],
+    ["fit", "x", "--projection", "wide"],
+    ["fit", "x", "--temperature", "0"],
+    ["fit", "x", "--lam", "sharp"],
     ["fit", "x", "--no-such-option"],
     ["predict", "model.pt"],
     ["demo", "--heads", "0"],
@@ -496,22 +522,34 @@ def test_save_load_roundtrip(digits_small, tmp_path):
                                est.feature_assigner_.cluster_centers_)
 
 
-def test_load_format_1_uses_the_head(digits_small, tmp_path):
-    # Files written before labels_from have no partition: their models keep
-    # taking labels and predictions from the head, as when they were saved.
+@pytest.mark.parametrize("version", [1, 2])
+def test_load_older_formats(digits_small, tmp_path, version):
+    # Files written before the projection and cosine heads hold linear heads
+    # on the backbone features (lam 25): they load into that network. Files
+    # written before labels_from (format 1) have no partition: their models
+    # keep taking labels and predictions from the head, as when saved.
     X, _ = digits_small
     est = SelfLabelClusterer(n_clusters=4, n_heads=2, max_epochs=1, batch_size=32,
+                             projection=None, temperature=None, lam=25.0,
                              random_state=0).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
     params = json.loads(state["params"])
-    del params["labels_from"], state["labels_from"], state["partition"]
-    state.update(format_version=1, params=json.dumps(params))
-    torch.save(state, tmp_path / "v1.pt")
-    old = load_model(tmp_path / "v1.pt")
-    assert old.labels_from_ == "head" and old.get_params()["labels_from"] == "head"
-    assert not hasattr(old, "feature_assigner_")
-    np.testing.assert_array_equal(old.labels_, est.labels_all_[:, 0])
-    np.testing.assert_array_equal(old.predict(X), est.predict(X, head=0))
+    del params["projection"], params["temperature"]
+    if version == 1:
+        del params["labels_from"], state["labels_from"], state["partition"]
+    state.update(format_version=version, params=json.dumps(params))
+    torch.save(state, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert old.get_params()["projection"] is None and old.get_params()["temperature"] is None
+    np.testing.assert_allclose(old.transform(X), est.transform(X), rtol=1e-5, atol=1e-6)
+    if version == 1:
+        assert old.labels_from_ == "head" and old.get_params()["labels_from"] == "head"
+        assert not hasattr(old, "feature_assigner_")
+        np.testing.assert_array_equal(old.labels_, est.labels_all_[:, 0])
+        np.testing.assert_array_equal(old.predict(X), est.predict(X, head=0))
+    else:
+        assert old.labels_from_ == est.labels_from_ == "features"
+        np.testing.assert_array_equal(old.predict(X), est.predict(X))
 
 
 def test_save_rejects_unsaveable_params(digits_small, tmp_path):

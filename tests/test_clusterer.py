@@ -87,24 +87,27 @@ def test_label_dataset_drops_only_the_transform(digits):
     assert net.get_label_dataset(base) is base  # not augmented: used as is
 
 
-def test_heads_from_cached_features_match_full_pass(digits, monkeypatch):
+@pytest.mark.parametrize("heads", [{}, {"projection": None, "temperature": None}],
+                         ids=["cosine-projection", "linear"])
+def test_heads_from_cached_features_match_full_pass(digits, monkeypatch, heads):
     from sklearn_sela.data import AugmentedDataset, as_dataset
     from sklearn_sela.training import SelfLabelNet
 
     real = SelfLabelNet.features_into
     calls = []
 
-    def counting(self, *args):
+    def counting(self, *args, **kwargs):
         calls.append(1)
-        return real(self, *args)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(SelfLabelNet, "features_into", counting)
     X, _ = digits
     base = AugmentedDataset(as_dataset(X)[0], None)  # yields (x, index)
-    # Features (16) + one head (20) < all heads (8 x 20): the label pass
-    # computes the features once and each head's matrix from them in turn.
+    # What the heads read (16 features, or the 128-d embedding) + one head
+    # (20) < all heads (8 x 20): the label pass computes it once and each
+    # head's matrix from it in turn.
     narrow = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU())
-    net = SelfLabelClusterer(n_clusters=[20] * 8, backbone=narrow, **FAST).fit(X).net_
+    net = SelfLabelClusterer(n_clusters=[20] * 8, backbone=narrow, **heads, **FAST).fit(X).net_
     assert calls  # the fit's label updates took this path
     calls.clear()
     full = [torch.empty((len(X), 20)) for _ in range(8)]
@@ -117,9 +120,9 @@ def test_heads_from_cached_features_match_full_pass(digits, monkeypatch):
     for t, buf in net.head_log_probas(base, shard=(100, 250)):
         torch.testing.assert_close(buf, full[t][100:250], rtol=1e-5, atol=1e-5)
     # Wide features: all heads in one pass, no feature cache.
-    wide = SelfLabelClusterer(n_clusters=4, n_heads=2, **FAST).fit(X).net_
+    wide = SelfLabelClusterer(n_clusters=[80] * 2, **heads, **FAST).fit(X).net_
     calls.clear()
-    both = [torch.empty((len(X), 4)) for _ in range(2)]
+    both = [torch.empty((len(X), 80)) for _ in range(2)]
     wide.log_probas_into(base, both)
     shard = list(wide.head_log_probas(base, shard=(100, 250)))
     assert [t for t, _ in shard] == [0, 1] and calls == []
@@ -398,6 +401,33 @@ def test_set_output_pandas_and_feature_names(digits):
 def test_bad_fit_input(X, match):
     with pytest.raises(ValueError, match=match):
         SelfLabelClusterer(n_clusters=10, max_epochs=1).fit(X)
+
+
+@pytest.mark.parametrize("projection", [(), (64, 0), (32.5,), (True, 8)])
+def test_bad_projection(digits, projection):
+    X, _ = digits
+    with pytest.raises(ValueError, match="projection must be None or a non-empty"):
+        SelfLabelClusterer(n_clusters=3, projection=projection, max_epochs=1).fit(X[:50])
+
+
+def test_heads_and_lam_from_the_parameters(digit_images):
+    X = digit_images[:100]
+    fit = lambda **kw: SelfLabelClusterer(n_clusters=3, n_heads=2, max_epochs=1,
+                                          random_state=0, **kw).fit(X)
+    default = fit()
+    module = default.net_.module_
+    # Cosine heads behind the projection; transform gives the pooled channels.
+    assert module.temperature == 0.1 and module.embed_dim == 128
+    assert default.net_.lam == pytest.approx(2.0)  # exp(20 cos)
+    assert default.transform(X).shape == (100, 128) == (100, module.feature_dim)
+    assert default.get_params()["lam"] == "auto"
+    assert fit(temperature=0.05).net_.lam == pytest.approx(1.0)
+    assert fit(lam=7.0).net_.lam == 7.0
+    paper = fit(projection=None, temperature=None)
+    # The paper's linear heads on the convnet's Linear-BatchNorm-ReLU block.
+    assert paper.net_.lam == 25.0 and paper.net_.module_.heads[0].bias is not None
+    assert isinstance(paper.net_.module_.projection, torch.nn.Identity)
+    assert paper.transform(X).min() >= 0 and paper.transform(X).shape == (100, 128)
 
 
 def test_wrong_features_at_predict(digits, digit_images):
