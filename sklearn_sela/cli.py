@@ -344,7 +344,7 @@ def _infer(est, data, what, quiet, desc):
         if what == "features":
             parts.append(est.transform(chunk))
         else:
-            parts.append([est.predict_proba(chunk)] + est.predict_proba_heads(chunk))
+            parts.append(est._cluster_and_head_probas(chunk))
     if what == "features":
         return np.concatenate(parts)
     return [np.concatenate([p[t] for p in parts]) for t in range(len(parts[0]))]

@@ -548,20 +548,29 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # -- inference --------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, X, what):
+    def _forward(self, X, features=True, probas=True):
+        """One network pass: the backbone features and/or every head's
+        probabilities, concatenated over batches (numpy)."""
         check_is_fitted(self, "net_")
         base, _ = self._dataset(X, reset=False)
         net = self.net_
-        net.module_.eval()
-        outs = []
+        module = net.module_
+        module.eval()
+        feats, probs = [], []
         for batch in net.get_iterator(AugmentedDataset(base), training=False):
-            xb = batch[0].to(net.device)
-            if what == "features":
-                outs.append(net.module_.features(xb).float().cpu())
-            else:
-                logits = net.module_(xb)
-                outs.append([torch.softmax(z.float(), dim=1).cpu() for z in logits])
-        return outs
+            f = module.features(batch[0].to(net.device))
+            if features:
+                feats.append(f.float().cpu())
+            if probas:
+                z = module.embed(f)
+                probs.append([
+                    torch.softmax(module.head_logits(t, z).float(), dim=1).cpu()
+                    for t in range(len(module.heads))
+                ])
+        feats = torch.cat(feats).numpy() if features else None
+        if probas:
+            probs = [torch.cat([p[t] for p in probs]).numpy() for t in range(len(probs[0]))]
+        return feats, probs
 
     def _check_head(self, head):
         head = self.head if head is None else head
@@ -612,9 +621,14 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             Per head ``t``, ``softmax(h_t(phi(x)))`` of shape
             ``(n_samples, n_clusters_[t])``.
         """
-        check_is_fitted(self, "net_")
-        outs = self._forward(X, "probas")
-        return [torch.cat([o[t] for o in outs]).numpy() for t in range(len(outs[0]))]
+        return self._forward(X, features=False)[1]
+
+    def _cluster_and_head_probas(self, X):
+        """``[predict_proba(X)] + predict_proba_heads(X)`` from one network pass."""
+        features, heads = self._forward(X)
+        if self.labels_from_ == "features":
+            return [self.feature_assigner_.transform(features)] + heads
+        return [heads[self.head]] + heads
 
     def predict(self, X, head=None):
         """Most probable cluster of each sample (see :meth:`predict_proba`).
@@ -646,7 +660,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         features : ndarray of shape (n_samples, n_features_out)
             float32.
         """
-        return torch.cat(self._forward(X, "features")).numpy()
+        return self._forward(X, probas=False)[0]
 
     def fit_transform(self, X, y=None):
         """Fit, then return the features of ``X`` (see :meth:`transform`)."""
