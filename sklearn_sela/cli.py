@@ -576,6 +576,7 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         lr=args.lr,
         n_label_updates=args.label_updates,
         assign=args.assign,
+        labels_from=args.labels_from,
         image_size=args.image_size,
         device=args.device,
         num_workers=args.workers,
@@ -650,7 +651,7 @@ def cmd_fit(args):
 
     images = _montage_images(inp, est)
     if images is not None:
-        if est.labels_from_ == "features":
+        if est.labels_from_ != "head":
             path = os.path.join(out, "montage.png")
             plot_cluster_montage(
                 images, est.labels_, n_per_cluster=args.montage_cols,
@@ -956,6 +957,12 @@ def build_parser():
                    metavar="T|none",
                    help="temperature of the cosine heads (default 0.1); none: linear "
                         "heads, as in the paper")
+    m.add_argument("--labels-from", choices=("auto", "features", "head", "spectral"),
+                   default="auto",
+                   help="clusters of labels.csv and the model: a balanced partition of "
+                        "the learned features (auto, features), head 0's self-labels "
+                        "(head), or spectral clustering of the features' 10-NN graph "
+                        "(spectral, clusters of any size)")
     m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")

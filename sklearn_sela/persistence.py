@@ -8,11 +8,11 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 3``)::
+Layout of the archive (``"format_version": 4``)::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 3,
+      "format_version": 4,
       "library_version": "0.1.0",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
@@ -23,7 +23,7 @@ Layout of the archive (``"format_version": 3``)::
       "log_betas": [Tensor or None per head],
       "label_updates": 100,
       "history": "<JSON of the skorch history>",
-      "labels_from": "features",                  # or "head"
+      "labels_from": "features",                  # or "head", "spectral"
       "partition": {                               # None with "head"
         "params": "<JSON of the SinkhornAssigner's get_params()>",
         "cluster_centers": Tensor (K, D), "log_beta": Tensor (K,),
@@ -33,7 +33,17 @@ Layout of the archive (``"format_version": 3``)::
       }
     }
 
-Formats 1 and 2 are still read. Their networks predate ``projection`` and
+With ``"labels_from": "spectral"`` the partition is the vote for new
+samples instead::
+
+      "partition": {
+        "params": "<JSON of the KNeighborsClassifier's get_params()>",
+        "features": Tensor (n_samples, D),         # the training features
+        "labels": LongTensor (n_samples,)
+      }
+
+Formats 1 to 3 are still read; they predate ``labels_from="spectral"``.
+The networks of formats 1 and 2 predate ``projection`` and
 ``temperature`` (linear heads on the backbone features, ``lam`` 25), which
 their models get; format 1 also predates ``labels_from``, so its models
 take their labels from the head, as they did.
@@ -52,7 +62,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 3
+MODEL_FORMAT_VERSION = 4
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -75,12 +85,24 @@ def _jsonable(value):
     raise TypeError(type(value).__name__)
 
 
+def _params_json(estimator):
+    return json.dumps({k: _jsonable(v) for k, v in estimator.get_params().items()})
+
+
 def _partition_state(est):
+    if est.labels_from_ == "spectral":
+        vote = est.feature_classifier_
+        return {
+            "params": _params_json(vote),
+            # The vote's own copy of the training features (no other is kept).
+            "features": torch.as_tensor(vote._fit_X),
+            "labels": torch.as_tensor(est.labels_, dtype=torch.int64),
+        }
     if est.labels_from_ != "features":
         return None
     sa = est.feature_assigner_
     return {
-        "params": json.dumps({k: _jsonable(v) for k, v in sa.get_params().items()}),
+        "params": _params_json(sa),
         "cluster_centers": torch.as_tensor(sa.cluster_centers_),
         "log_beta": torch.as_tensor(sa.log_beta_),
         "labels": torch.as_tensor(sa.labels_, dtype=torch.int64),
@@ -89,6 +111,13 @@ def _partition_state(est):
         "n_iter": int(sa.n_iter_),
         "n_features_in": int(sa.n_features_in_),
     }
+
+
+def _vote_from_state(part):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    vote = KNeighborsClassifier(**json.loads(part["params"]))
+    return vote.fit(part["features"].numpy(), part["labels"].numpy())
 
 
 def _partition_from_state(part):
@@ -280,7 +309,7 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     -------
     est : SelfLabelClusterer
         Fitted: ``labels_``, ``labels_all_``, ``labels_from_``,
-        ``feature_assigner_`` (when fitted), ``n_clusters_``, ``net_``,
+        ``feature_assigner_`` or ``feature_classifier_`` (when fitted), ``n_clusters_``, ``net_``,
         ``history_``, ``log_betas_``, ``input_info_`` and ``n_epochs_`` are
         restored, so :meth:`predict`, :meth:`predict_proba`,
         :meth:`transform` and :meth:`score` give the same results as on the
@@ -311,9 +340,11 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         # Formats 1 and 2 predate the projection and cosine heads.
         params.setdefault("projection", None)
         params.setdefault("temperature", None)
-        partition = (
-            _partition_from_state(state["partition"]) if labels_from == "features" else None
-        )
+        partition = None
+        if labels_from == "features":
+            partition = _partition_from_state(state["partition"])
+        elif labels_from == "spectral":
+            partition = _vote_from_state(state["partition"])
         for name, value in (
             ("device", device),
             ("batch_size", batch_size),
@@ -363,6 +394,9 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     if labels_from == "features":
         est.feature_assigner_ = partition
         est.labels_ = partition.labels_.copy()
+    elif labels_from == "spectral":
+        est.feature_classifier_ = partition
+        est.labels_ = state["partition"]["labels"].numpy().copy()
     else:
         est.labels_ = est.labels_all_[:, est.head].copy()
     est.log_betas_ = [None if b is None else b.numpy() for b in state["log_betas"]]

@@ -245,6 +245,28 @@ def test_fit_head_options(tmp_path, capsys):
     assert load_model(tmp_path / "paper" / "model.pt").net_.lam == 25.0
 
 
+def test_fit_labels_from_spectral(tmp_path, capsys):
+    images = np.random.default_rng(0).integers(0, 255, size=(60, 10, 10), dtype=np.uint8)
+    np.save(tmp_path / "imgs.npy", images)
+    status, _, err = _run(capsys, "fit", str(tmp_path / "imgs.npy"), "-k", "3", "-t", "1",
+                          "--epochs", "1", "--labels-from", "spectral",
+                          "--out", str(tmp_path / "fit"), "-q")
+    assert status == 0, err
+    summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
+    assert summary["parameters"]["labels_from"] == "spectral"
+    assert summary["clusters"]["labels_from"] == "spectral"
+    assert os.path.exists(tmp_path / "fit" / "montage.png")
+    with open(tmp_path / "fit" / "labels.csv") as fh:
+        fitted_clusters = [int(r[1]) for r in list(csv.reader(fh))[1:]]
+    # The model keeps the training features: predicting the training data
+    # gives back the clusters of labels.csv.
+    status, _, err = _run(capsys, "predict", str(tmp_path / "fit" / "model.pt"),
+                          str(tmp_path / "imgs.npy"), "--out", str(tmp_path / "p"), "-q")
+    assert status == 0, err
+    with open(tmp_path / "p" / "predictions.csv") as fh:
+        assert [int(r[1]) for r in list(csv.reader(fh))[1:]] == fitted_clusters
+
+
 def test_fit_single_image_folder_with_image_size(tmp_path, capsys):
     for i, size in enumerate([(12, 12), (16, 10), (12, 12), (20, 20)]):
         _png(str(tmp_path / "mixed" / f"{i}.jpg"), i, size=size, mode="RGB")
@@ -383,6 +405,7 @@ def test_user_errors_exit_1(tmp_path, capsys):
     ["fit", "x", "--projection", "wide"],
     ["fit", "x", "--temperature", "0"],
     ["fit", "x", "--lam", "sharp"],
+    ["fit", "x", "--labels-from", "umap"],
     ["fit", "x", "--no-such-option"],
     ["predict", "model.pt"],
     ["demo", "--heads", "0"],
@@ -520,6 +543,22 @@ def test_save_load_roundtrip(digits_small, tmp_path):
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
     np.testing.assert_allclose(loaded.feature_assigner_.cluster_centers_,
                                est.feature_assigner_.cluster_centers_)
+
+
+def test_save_load_roundtrip_spectral(digits_small, tmp_path):
+    X, _ = digits_small
+    est = SelfLabelClusterer(n_clusters=5, n_heads=1, max_epochs=1, batch_size=32,
+                             labels_from="spectral", random_state=0).fit(X)
+    state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
+    assert state["format_version"] == 4 and state["labels_from"] == "spectral"
+    assert tuple(state["partition"]["features"].shape) == est.transform(X).shape
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.labels_from_ == "spectral" and not hasattr(loaded, "feature_assigner_")
+    np.testing.assert_array_equal(loaded.labels_, est.labels_)
+    np.testing.assert_array_equal(loaded.predict(X), est.labels_)
+    Xnew = X[::-1] * 0.9
+    np.testing.assert_allclose(loaded.predict_proba(Xnew), est.predict_proba(Xnew),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("version", [1, 2])

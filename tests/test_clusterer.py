@@ -17,6 +17,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.callbacks import Callback
 
 from sklearn_sela import SelfLabelClusterer, SinkhornAssigner
+from sklearn_sela.spectral import spectral_partition
 
 FAST = dict(max_epochs=3, batch_size=64, random_state=0)
 
@@ -336,6 +337,40 @@ def test_labels_from_features_partitions_the_learned_features(digits):
     assert est.score(Xnew) != est.score(Xnew, head=0)
 
 
+def test_labels_from_spectral_clusters_the_feature_graph(digits):
+    # labels_ is the spectral partition of the training features' 10-NN
+    # graph; new samples get the vote of their nearest training samples.
+    X, y = digits
+    X, Xnew, y = X[:300], X[300:], y[:300]
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, labels_from="spectral", **FAST).fit(X)
+    assert est.labels_from_ == "spectral" and not hasattr(est, "feature_assigner_")
+    F = est.transform(X)
+    np.testing.assert_array_equal(
+        est.labels_, spectral_partition(F, 10, n_neighbors=10, random_state=0)
+    )
+    assert est.labels_.dtype == np.int64
+    assert normalized_mutual_info_score(y, est.labels_) > 0.5
+    # Each training sample is its own nearest neighbour: predict gives labels_.
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    proba = est.predict_proba(Xnew)
+    assert proba.shape == (100, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    # The vote: weights 1 / cosine distance over the 10 nearest training samples.
+    Fnew = est.transform(Xnew)
+    dist = 1.0 - (Fnew / np.linalg.norm(Fnew, axis=1, keepdims=True)) @ (
+        F / np.linalg.norm(F, axis=1, keepdims=True)).T
+    nearest = np.argsort(dist, axis=1)[:, :10]
+    expected = np.zeros((100, 10))
+    for i, row in enumerate(nearest):
+        np.add.at(expected[i], est.labels_[row], 1.0 / dist[i, row])
+    np.testing.assert_allclose(proba, expected / expected.sum(axis=1, keepdims=True), rtol=1e-4)
+    np.testing.assert_array_equal(est.predict(Xnew), proba.argmax(axis=1))
+    np.testing.assert_allclose(est.predict_proba(Xnew, head=1), est.predict_proba_heads(Xnew)[1])
+    # A refit with another partition drops the vote.
+    est.set_params(labels_from="features").fit(X)
+    assert hasattr(est, "feature_assigner_") and not hasattr(est, "feature_classifier_")
+
+
 def test_labels_from_auto_keeps_the_head_for_huge_partitions(digits, monkeypatch):
     import sklearn_sela.clusterer as clusterer_module
 
@@ -454,8 +489,9 @@ def test_dataset_with_nothing_usable():
         SelfLabelClusterer(n_clusters=2, max_epochs=1).fit(Words())
 
 
-def _small():
-    return SelfLabelClusterer(n_clusters=2, max_epochs=2, batch_size=16, random_state=0)
+def _small(**params):
+    return SelfLabelClusterer(n_clusters=2, max_epochs=2, batch_size=16, random_state=0,
+                              **params)
 
 
 # float32 network inference depends on how samples are grouped into batches
@@ -468,7 +504,8 @@ EXPECTED_FAILED_CHECKS = {
 
 
 @parametrize_with_checks(
-    [_small()], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS
+    [_small(), _small(labels_from="spectral")],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)

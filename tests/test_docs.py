@@ -31,6 +31,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("plot_*.py"))
 API_MODULES = [
     "sklearn_sela",
     "sklearn_sela.sinkhorn",
+    "sklearn_sela.spectral",
     "sklearn_sela.training",
     "sklearn_sela.data",
     "sklearn_sela.backbones",
