@@ -27,7 +27,7 @@ import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import lobpcg
 from sklearn.cluster import KMeans
-from sklearn.utils import check_random_state
+from sklearn.utils import check_array, check_random_state
 
 __all__ = ["knn_graph", "spectral_partition"]
 
@@ -62,7 +62,7 @@ def knn_graph(features, n_neighbors=10):
         ``n_neighbors`` most similar other samples: 1 where the relation is
         mutual, 1/2 where it is one-sided.
     """
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+    x = torch.as_tensor(check_array(features, dtype=np.float32))
     n = x.shape[0]
     if not 1 <= n_neighbors < n:
         raise ValueError(
@@ -104,12 +104,13 @@ def spectral_partition(features, n_clusters, *, n_neighbors=10, random_state=Non
         Cluster of each sample, in ``[0, n_clusters)``. The clusters follow
         the graph and need not be the same size.
     """
-    graph = knn_graph(features, n_neighbors)
-    n = graph.shape[0]
+    features = check_array(features, dtype=np.float32)
+    n = features.shape[0]
     if not 1 <= n_clusters <= n:
         raise ValueError(
             f"n_clusters={n_clusters} must be in [1, n_samples] = [1, {n}]."
         )
+    graph = knn_graph(features, n_neighbors)
     rng = check_random_state(random_state)
     d = 1.0 / np.sqrt(np.asarray(graph.sum(axis=1)).ravel())
     norm_adj = sp.diags(d) @ graph @ sp.diags(d)

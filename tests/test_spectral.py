@@ -76,3 +76,10 @@ def test_spectral_partition_rejects_bad_sizes(kwargs, match):
     X, _ = _blobs_on_sphere([5, 5])
     with pytest.raises(ValueError, match=match):
         spectral_partition(X, **kwargs)
+
+
+def test_spectral_partition_rejects_non_finite_features():
+    X, _ = _blobs_on_sphere([5, 5])
+    X[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        spectral_partition(X, 2)
