@@ -62,7 +62,12 @@ def knn_graph(features, n_neighbors=10):
         ``n_neighbors`` most similar other samples: 1 where the relation is
         mutual, 1/2 where it is one-sided.
     """
-    x = torch.as_tensor(check_array(features, dtype=np.float32))
+    return _knn_graph(check_array(features, dtype=np.float32), n_neighbors)
+
+
+def _knn_graph(features, n_neighbors):
+    """:func:`knn_graph` of features already validated as float32."""
+    x = torch.as_tensor(features)
     n = x.shape[0]
     if not 1 <= n_neighbors < n:
         raise ValueError(
@@ -110,7 +115,7 @@ def spectral_partition(features, n_clusters, *, n_neighbors=10, random_state=Non
         raise ValueError(
             f"n_clusters={n_clusters} must be in [1, n_samples] = [1, {n}]."
         )
-    graph = knn_graph(features, n_neighbors)
+    graph = _knn_graph(features, n_neighbors)
     rng = check_random_state(random_state)
     d = 1.0 / np.sqrt(np.asarray(graph.sum(axis=1)).ravel())
     norm_adj = sp.diags(d) @ graph @ sp.diags(d)
