@@ -7,12 +7,16 @@ say otherwise) and reports, against the true classes:
 * ACC (Hungarian-matched accuracy), NMI and ARI of ``labels_`` (by default
   the balanced partition of the learned features, ``labels_from="auto"``);
 * weighted kNN accuracy (k=50, cosine similarity, weights exp(sim/0.1)) and a
-  logistic-regression linear probe on ``transform()`` features;
+  logistic-regression linear probe on ``transform()`` features (whitened,
+  ``whiten=True``, unless ``--param whiten=false``);
 * wall time and process CPU time of the fit;
 * on a second row, the same scores for the self-labels of head 0 of the same
   fit (``labels_all_[:, 0]``, what ``labels_from="head"`` gives);
-* on a third row, for the spectral clustering of the same fit's training
-  features (what ``labels_from="spectral"`` gives, see
+* on a third row, kNN and the probe on the same fit's features before
+  whitening (``whiten=False``; the same ``labels_``, which are a partition
+  of these);
+* on a fourth row, for the spectral clustering of the same fit's training
+  features before whitening (what ``labels_from="spectral"`` gives, see
   ``sklearn_sela.spectral``), its time added to the fit's;
 
 next to KMeans (K=10, n_init=10) on the raw pixels, whose kNN / probe use
@@ -60,6 +64,7 @@ from sklearn_sela import SelfLabelClusterer  # noqa: E402
 from sklearn_sela.spectral import spectral_partition  # noqa: E402
 
 HEAD_LABELS = "SelfLabelClusterer, head 0 self-labels"
+RAW_LABELS = "SelfLabelClusterer, features not whitened"
 SPECTRAL_LABELS = "SelfLabelClusterer, spectral partition"
 HEADERS = ["dataset", "method", "seed", "ACC", "NMI", "ARI", "kNN", "linear", "fit [s]",
            "fit CPU [s]"]
@@ -111,6 +116,20 @@ def head_row(row, model, ytr):
     """
     acc, nmi, ari = _scores(ytr, model.labels_all_[:, 0])
     return row[:3] + [acc, nmi, ari] + row[6:]
+
+
+def raw_features_row(row, model, Xtr, ytr, Xte, yte, seed):
+    """``row`` rescored with kNN and the probe on the fit's features before
+    whitening (``whiten=False``, read by ``transform``), and those training
+    features: ``(row, features)``."""
+    model.set_params(whiten=False)
+    try:
+        Ftr = model.transform(Xtr)
+        Fte = None if Xte is None else model.transform(Xte)
+    finally:
+        model.set_params(whiten=True)
+    knn, lin = _feature_scores(Ftr, ytr, Fte, yte, seed)
+    return row[:6] + [knn, lin] + row[8:], Ftr
 
 
 def spectral_row(row, model, Ftr, ytr, seed):
@@ -172,6 +191,11 @@ def main_table(args, params):
             if model.labels_from_ != "head":
                 rows.append(head_row(row, model, ytr))
                 rows[-1][1] = HEAD_LABELS
+                print(rows[-1], flush=True)
+            if model.whiten:
+                raw_row, Ftr = raw_features_row(row, model, Xtr, ytr, Xte, yte, seed)
+                rows.append(raw_row)
+                rows[-1][1] = RAW_LABELS
                 print(rows[-1], flush=True)
             if model.labels_from_ != "spectral":
                 rows.append(spectral_row(row, model, Ftr, ytr, seed))

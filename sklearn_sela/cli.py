@@ -577,6 +577,7 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         n_label_updates=args.label_updates,
         assign=args.assign,
         labels_from=args.labels_from,
+        whiten=not args.no_whiten,
         image_size=args.image_size,
         device=args.device,
         num_workers=args.workers,
@@ -794,6 +795,8 @@ def cmd_transform(args):
     """``sela transform``: backbone features of new data."""
     out = _out_dir(args.out)
     est = _load_for_inference(args)
+    if args.no_whiten:
+        est.set_params(whiten=False)
     inp = _load_for_model(est, args)
     feats = _infer(est, inp.data, "features", args.quiet, "features")
     path = os.path.join(out, "features.npy")
@@ -986,6 +989,10 @@ def build_parser():
     o.add_argument("--out", default=".", metavar="DIR", help="output folder (created if missing)")
     o.add_argument("--features", action="store_true",
                    help="also write the backbone features of the training data to features.npy")
+    o.add_argument("--no-whiten", action="store_true",
+                   help="features (features.npy, and 'sela transform' with this model) "
+                        "as the network gives them, not whitened with the training "
+                        "features' mean and covariance")
     o.add_argument("--montage-rows", type=_positive_int, default=20, metavar="N",
                    help="clusters shown per montage (a random subset when there are more)")
     o.add_argument("--montage-cols", type=_positive_int, default=10, metavar="N",
@@ -1036,6 +1043,10 @@ def build_parser():
         if name == "predict":
             p.add_argument("--proba", action="store_true",
                            help="also write the cluster probabilities, overall and per head")
+        else:
+            p.add_argument("--no-whiten", action="store_true",
+                           help="the features as the network gives them, even if the "
+                                "model whitens them")
         _common(p)
         p.set_defaults(func=func)
     return parser

@@ -8,11 +8,11 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 4``)::
+Layout of the archive (``"format_version": 5``)::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 4,
+      "format_version": 5,
       "library_version": "0.1.0",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
@@ -24,6 +24,7 @@ Layout of the archive (``"format_version": 4``)::
       "label_updates": 100,
       "history": "<JSON of the skorch history>",
       "labels_from": "features",                  # or "head", "spectral"
+      "whitening": {"mean": Tensor (D,), "matrix": Tensor (D, D)},
       "partition": {                               # None with "head"
         "params": "<JSON of the SinkhornAssigner's get_params()>",
         "cluster_centers": Tensor (K, D), "log_beta": Tensor (K,),
@@ -42,8 +43,10 @@ samples instead::
         "labels": LongTensor (n_samples,)
       }
 
-Formats 1 to 3 are still read; they predate ``labels_from="spectral"``.
-The networks of formats 1 and 2 predate ``projection`` and
+Formats 1 to 4 are still read. They predate the whitening statistics, so
+their models get ``whiten=False`` and ``transform`` returns the features
+as it did; formats 1 to 3 also predate ``labels_from="spectral"``. The
+networks of formats 1 and 2 predate ``projection`` and
 ``temperature`` (linear heads on the backbone features, ``lam`` 25), which
 their models get; format 1 also predates ``labels_from``, so its models
 take their labels from the head, as they did.
@@ -62,7 +65,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 4
+MODEL_FORMAT_VERSION = 5
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -237,6 +240,10 @@ def save_model(est, path):
         "history": json.dumps(net.history.to_list(), default=_json_default),
         "labels_from": est.labels_from_,
         "partition": _partition_state(est),
+        "whitening": {
+            "mean": torch.as_tensor(est.whitening_mean_),
+            "matrix": torch.as_tensor(est.whitening_matrix_),
+        },
     }
     path = os.fspath(path)
     tmp = path + ".tmp"
@@ -310,8 +317,8 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     est : SelfLabelClusterer
         Fitted: ``labels_``, ``labels_all_``, ``labels_from_``,
         ``feature_assigner_`` or ``feature_classifier_`` (when fitted), ``n_clusters_``, ``net_``,
-        ``history_``, ``log_betas_``, ``input_info_`` and ``n_epochs_`` are
-        restored, so :meth:`predict`, :meth:`predict_proba`,
+        ``history_``, ``log_betas_``, ``input_info_``, ``n_epochs_`` and
+        the whitening statistics (format 5) are restored, so :meth:`predict`, :meth:`predict_proba`,
         :meth:`transform` and :meth:`score` give the same results as on the
         saved estimator.
 
@@ -340,6 +347,9 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         # Formats 1 and 2 predate the projection and cosine heads.
         params.setdefault("projection", None)
         params.setdefault("temperature", None)
+        # Formats 1 to 4 predate the whitening: their features stay raw.
+        whitening = state.get("whitening")
+        params.setdefault("whiten", False)
         partition = None
         if labels_from == "features":
             partition = _partition_from_state(state["partition"])
@@ -400,4 +410,7 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     else:
         est.labels_ = est.labels_all_[:, est.head].copy()
     est.log_betas_ = [None if b is None else b.numpy() for b in state["log_betas"]]
+    if whitening is not None:
+        est.whitening_mean_ = whitening["mean"].numpy()
+        est.whitening_matrix_ = whitening["matrix"].numpy()
     return est

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.exceptions import NotFittedError
 
 from sklearn_sela import SelfLabelClusterer
 from sklearn_sela import cli, image_files
@@ -249,11 +250,14 @@ def test_fit_labels_from_spectral(tmp_path, capsys):
     images = np.random.default_rng(0).integers(0, 255, size=(60, 10, 10), dtype=np.uint8)
     np.save(tmp_path / "imgs.npy", images)
     status, _, err = _run(capsys, "fit", str(tmp_path / "imgs.npy"), "-k", "3", "-t", "1",
-                          "--epochs", "1", "--labels-from", "spectral",
-                          "--out", str(tmp_path / "fit"), "-q")
+                          "--epochs", "1", "--labels-from", "spectral", "--no-whiten",
+                          "--features", "--out", str(tmp_path / "fit"), "-q")
     assert status == 0, err
     summary = json.loads((tmp_path / "fit" / "summary.json").read_text())
     assert summary["parameters"]["labels_from"] == "spectral"
+    # --no-whiten: features.npy holds the pooled ReLU outputs themselves.
+    assert summary["parameters"]["whiten"] is False
+    assert np.load(tmp_path / "fit" / "features.npy").min() >= 0
     assert summary["clusters"]["labels_from"] == "spectral"
     assert os.path.exists(tmp_path / "fit" / "montage.png")
     with open(tmp_path / "fit" / "labels.csv") as fh:
@@ -323,9 +327,17 @@ def test_predict_and_transform_folder(fitted, folder, tmp_path, capsys):
     with open(tmp_path / "t" / "features_index.csv") as fh:
         index = list(csv.reader(fh))[1:]
     assert feats.shape[0] == len(index) == 12
-    np.testing.assert_allclose(
-        feats, est.transform(ImageFiles([p for _, p in index], "L")), rtol=1e-5, atol=1e-6
-    )
+    images = ImageFiles([p for _, p in index], "L")
+    np.testing.assert_allclose(feats, est.transform(images), rtol=1e-5, atol=1e-6)
+    # Whitened by default; --no-whiten gives the network's own features.
+    status, _, _ = _run(capsys, "transform", model, str(folder / "class2"), "--out",
+                        str(tmp_path / "raw"), "--no-whiten")
+    assert status == 0
+    raw = np.load(tmp_path / "raw" / "features.npy")
+    np.testing.assert_allclose(raw, est.set_params(whiten=False).transform(images),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose((raw - est.whitening_mean_) @ est.whitening_matrix_, feats,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_predict_resizes_and_converts_new_images(fitted, tmp_path, capsys):
@@ -533,6 +545,8 @@ def test_save_load_roundtrip(digits_small, tmp_path):
         np.testing.assert_allclose(loaded.predict_proba(X, head=t), est.predict_proba(X, head=t),
                                    rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(loaded.log_betas_[t], est.log_betas_[t])
+    assert loaded.whiten
+    np.testing.assert_array_equal(loaded.whitening_matrix_, est.whitening_matrix_)
     np.testing.assert_allclose(loaded.transform(X), est.transform(X), rtol=1e-5, atol=1e-6)
     assert loaded.score(X) == pytest.approx(est.score(X), rel=1e-5)
     assert len(loaded.history_) == len(est.history_)
@@ -550,7 +564,7 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
     est = SelfLabelClusterer(n_clusters=5, n_heads=1, max_epochs=1, batch_size=32,
                              labels_from="spectral", random_state=0).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
-    assert state["format_version"] == 4 and state["labels_from"] == "spectral"
+    assert state["format_version"] == 5 and state["labels_from"] == "spectral"
     assert tuple(state["partition"]["features"].shape) == est.transform(X).shape
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.labels_from_ == "spectral" and not hasattr(loaded, "feature_assigner_")
@@ -561,26 +575,36 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_load_older_formats(digits_small, tmp_path, version):
-    # Files written before the projection and cosine heads hold linear heads
-    # on the backbone features (lam 25): they load into that network. Files
-    # written before labels_from (format 1) have no partition: their models
-    # keep taking labels and predictions from the head, as when saved.
+    # Files written before the projection and cosine heads (formats 1, 2)
+    # hold linear heads on the backbone features (lam 25): they load into
+    # that network. Files written before labels_from (format 1) have no
+    # partition: their models keep taking labels and predictions from the
+    # head, as when saved. Files written before the whitening (formats 1 to
+    # 4) load with whiten=False: transform gives the raw features, as it did.
     X, _ = digits_small
+    linear = dict(projection=None, temperature=None, lam=25.0) if version < 3 else {}
     est = SelfLabelClusterer(n_clusters=4, n_heads=2, max_epochs=1, batch_size=32,
-                             projection=None, temperature=None, lam=25.0,
-                             random_state=0).fit(X)
+                             random_state=0, **linear).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
     params = json.loads(state["params"])
-    del params["projection"], params["temperature"]
+    del params["whiten"], state["whitening"]
+    if version < 3:
+        del params["projection"], params["temperature"]
     if version == 1:
         del params["labels_from"], state["labels_from"], state["partition"]
     state.update(format_version=version, params=json.dumps(params))
     torch.save(state, tmp_path / "old.pt")
     old = load_model(tmp_path / "old.pt")
-    assert old.get_params()["projection"] is None and old.get_params()["temperature"] is None
-    np.testing.assert_allclose(old.transform(X), est.transform(X), rtol=1e-5, atol=1e-6)
+    if version < 3:
+        assert old.get_params()["projection"] is None
+        assert old.get_params()["temperature"] is None
+    assert old.get_params()["whiten"] is False and not hasattr(old, "whitening_matrix_")
+    raw = est.set_params(whiten=False).transform(X)
+    np.testing.assert_allclose(old.transform(X), raw, rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotFittedError, match="saved before sklearn-sela had them"):
+        old.set_params(whiten=True).transform(X)
     if version == 1:
         assert old.labels_from_ == "head" and old.get_params()["labels_from"] == "head"
         assert not hasattr(old, "feature_assigner_")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.covariance import LedoitWolf
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
@@ -317,7 +318,8 @@ def test_labels_from_features_partitions_the_learned_features(digits):
     # exactly what SinkhornAssigner(metric="cosine") gives on transform(X).
     X, y = digits
     X, Xnew, y = X[:300], X[300:], y[:300]
-    est = SelfLabelClusterer(n_clusters=10, n_heads=2, **FAST).fit(X)
+    # whiten=False: transform gives the features the partition saw.
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, **FAST).fit(X)
     assert est.labels_from_ == "features"
     F = est.transform(X)
     alone = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0).fit(F)
@@ -342,7 +344,8 @@ def test_labels_from_spectral_clusters_the_feature_graph(digits):
     # graph; new samples get the vote of their nearest training samples.
     X, y = digits
     X, Xnew, y = X[:300], X[300:], y[:300]
-    est = SelfLabelClusterer(n_clusters=10, n_heads=2, labels_from="spectral", **FAST).fit(X)
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, labels_from="spectral", whiten=False,
+                             **FAST).fit(X)
     assert est.labels_from_ == "spectral" and not hasattr(est, "feature_assigner_")
     F = est.transform(X)
     np.testing.assert_array_equal(
@@ -369,6 +372,48 @@ def test_labels_from_spectral_clusters_the_feature_graph(digits):
     # A refit with another partition drops the vote.
     est.set_params(labels_from="features").fit(X)
     assert hasattr(est, "feature_assigner_") and not hasattr(est, "feature_classifier_")
+
+
+def test_transform_whitens_the_features(digits):
+    # transform = (raw features - mean) @ matrix, the matrix being the inverse
+    # square root of the Ledoit-Wolf covariance of the training features;
+    # the partition and predictions do not depend on it.
+    X, _ = digits
+    X, Xnew = X[:300], X[300:]
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, **FAST).fit(X)
+    assert est.whiten
+    white, white_new = est.transform(X), est.transform(Xnew)
+    labels, proba = est.predict(Xnew), est.predict_proba(Xnew)
+    est.set_params(whiten=False)
+    raw, raw_new = est.transform(X), est.transform(Xnew)
+    mean, matrix = est.whitening_mean_, est.whitening_matrix_
+    np.testing.assert_allclose(white_new, (raw_new - mean) @ matrix, rtol=1e-4, atol=1e-5)
+    cov = LedoitWolf().fit(raw)
+    np.testing.assert_allclose(mean, cov.location_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(matrix, matrix.T, atol=1e-5)
+    np.testing.assert_allclose(matrix @ cov.covariance_ @ matrix, np.eye(len(matrix)),
+                               atol=1e-3)
+    np.testing.assert_allclose(white.mean(axis=0), 0.0, atol=1e-4)
+    assert white.dtype == np.float32 and white.shape == raw.shape
+    np.testing.assert_array_equal(est.predict(Xnew), labels)
+    np.testing.assert_allclose(est.predict_proba(Xnew), proba)
+
+
+def test_whitening_statistics_from_a_sample_of_huge_data(digits, monkeypatch):
+    # When the training features would not fit the partition's budget, the
+    # statistics come from a random sample of budget / D of them: here all
+    # samples but one.
+    import sklearn_sela.clusterer as clusterer_module
+
+    X, _ = digits
+    X = X[:100]
+    est = SelfLabelClusterer(n_clusters=4, n_heads=1, whiten=False, **FAST).fit(X)
+    raw = est.transform(X).astype(np.float64)
+    monkeypatch.setattr(clusterer_module, "_MAX_PARTITION_ENTRIES", 99 * raw.shape[1])
+    est.set_params(labels_from="head").fit(X)
+    left_out = (raw.sum(axis=0) - raw) / 99  # mean without each sample in turn
+    error = np.abs(left_out - est.whitening_mean_).max(axis=1)
+    assert error.min() < 1e-5 and np.sort(error)[1] > 1e-3
 
 
 def test_labels_from_auto_keeps_the_head_for_huge_partitions(digits, monkeypatch):
@@ -458,7 +503,7 @@ def test_heads_and_lam_from_the_parameters(digit_images):
     assert default.get_params()["lam"] == "auto"
     assert fit(temperature=0.05).net_.lam == pytest.approx(1.0)
     assert fit(lam=7.0).net_.lam == 7.0
-    paper = fit(projection=None, temperature=None)
+    paper = fit(projection=None, temperature=None, whiten=False)
     # The paper's linear heads on the convnet's Linear-BatchNorm-ReLU block.
     assert paper.net_.lam == 25.0 and paper.net_.module_.heads[0].bias is not None
     assert isinstance(paper.net_.module_.projection, torch.nn.Identity)
