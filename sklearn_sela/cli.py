@@ -486,6 +486,18 @@ def _say(args, message):
         print(message, flush=True)
 
 
+def _can_plot(args):
+    """Whether matplotlib is there to draw the figures. It is optional: without
+    it a command still writes everything else, and says how to get them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _say(args, "figures skipped: matplotlib is not installed "
+                   "(pip install matplotlib)")
+        return False
+    return True
+
+
 def _write_json(path, obj):
     with open(path, "w") as fh:
         json.dump(obj, fh, indent=2)
@@ -552,6 +564,8 @@ def cmd_demo(args):
     for name, s, secs in rows:
         print(f"{name:<{width}}  {s['acc']:.3f}  {s['nmi']:.3f}  {s['ari']:.3f}  {secs:5.1f}s")
 
+    if not _can_plot(args):
+        return 0
     montage = os.path.join(out, "digits_montage.png")
     plot_cluster_montage(
         digits.images, est.labels_, n_per_cluster=12, random_state=args.seed,
@@ -651,7 +665,9 @@ def cmd_fit(args):
         np.save(outputs["features"], feats)
 
     images = _montage_images(inp, est)
-    if images is not None:
+    updates = _label_update_records(est.history_)
+    plots = (images is not None or bool(updates)) and _can_plot(args)
+    if plots and images is not None:
         if est.labels_from_ != "head":
             path = os.path.join(out, "montage.png")
             plot_cluster_montage(
@@ -669,8 +685,7 @@ def cmd_fit(args):
                 title=f"Head {t}: {k} clusters", path=path,
             )
             outputs[f"montage_head{t}"] = path
-    updates = _label_update_records(est.history_)
-    if updates:
+    if plots and updates:
         outputs["label_nmi_plot"] = os.path.join(out, "label_nmi.png")
         plot_label_nmi(est.history_, path=outputs["label_nmi_plot"])
 

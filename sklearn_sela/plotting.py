@@ -178,8 +178,15 @@ def cluster_montage(
     return (canvas[:, :, 0] if gray else canvas), clusters, sizes
 
 
-def _new_axes(figsize):
-    from matplotlib.figure import Figure
+def _new_axes(figsize, caller):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            f"{caller} needs matplotlib, which is not installed; install it "
+            "with `pip install matplotlib` (cluster_montage gives the montage "
+            "as an array without it)."
+        ) from None
 
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot()
@@ -243,7 +250,8 @@ def plot_cluster_montage(
     if ax is None:
         n_cols_px = canvas.shape[1]
         width = 1.6 + 0.55 * n_cols_px / cell_h
-        fig, ax = _new_axes((min(width, 16.0), min(0.6 + 0.55 * n_rows, 40.0)))
+        figsize = (min(width, 16.0), min(0.6 + 0.55 * n_rows, 40.0))
+        fig, ax = _new_axes(figsize, "plot_cluster_montage")
     else:
         fig = ax.figure
     small = canvas.shape[0] / n_rows < 32
@@ -321,7 +329,7 @@ def plot_label_nmi(history, *, title=None, ax=None, path=None):
             "n_label_updates=0?)."
         )
     if ax is None:
-        fig, ax = _new_axes((6.4, 3.6))
+        fig, ax = _new_axes((6.4, 3.6), "plot_label_nmi")
     else:
         fig = ax.figure
     # A row's label update runs at the start of its epoch: after epoch-1

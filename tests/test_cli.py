@@ -516,6 +516,36 @@ def test_demo_quick(tmp_path, capsys):
             assert im.format == "PNG"
 
 
+def test_commands_without_matplotlib_skip_only_the_figures(folder, tmp_path, capsys,
+                                                           monkeypatch):
+    # matplotlib is optional: `pip install sklearn-sela && sela demo` must work.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, out, err = _run(capsys, "demo", "--quick", "--out", str(tmp_path / "demo"))
+    assert status == 0, err
+    assert "figures skipped: matplotlib is not installed" in out
+    assert any(line.startswith("SeLa") for line in out.splitlines())
+    assert not any(n.endswith(".png") for n in os.listdir(tmp_path / "demo"))
+
+    status, out, err = _run(capsys, "fit", str(folder), "--clusters", "3", "--epochs", "2",
+                            "--batch-size", "16", "--out", str(tmp_path / "fit"))
+    assert status == 0, err
+    assert out.count("figures skipped: matplotlib is not installed") == 1
+    names = set(os.listdir(tmp_path / "fit"))
+    assert {"labels.csv", "model.pt", "summary.json"} <= names
+    assert not any(n.endswith(".png") for n in names)
+    outputs = json.loads((tmp_path / "fit" / "summary.json").read_text())["outputs"]
+    assert not any(name.startswith(("montage", "label_nmi")) for name in outputs)
+
+
+def test_plot_helpers_without_matplotlib_say_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match="plot_cluster_montage needs matplotlib"):
+        plot_cluster_montage(np.zeros((2, 8, 8)), [0, 1])
+    history = [{"epoch": 1, "label_update": {"nmi_prev": [0.5]}}]
+    with pytest.raises(ImportError, match="plot_label_nmi needs matplotlib"):
+        plot_label_nmi(history)
+
+
 # -- persistence -----------------------------------------------------------------------------
 
 
