@@ -599,7 +599,8 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         random_state=args.seed,
-        **_given(batch_size=args.batch_size, n_heads=args.heads, lam=args.lam),
+        **_given(batch_size=args.batch_size, n_heads=args.heads, lam=args.lam,
+                 label_neighbors=args.label_neighbors),
         # "none" asks for the paper's linear heads on the backbone features.
         **{name: None if value == "none" else value
            for name, value in _given(projection=args.projection,
@@ -992,6 +993,10 @@ def build_parser():
     t.add_argument("--lr", type=_positive_float, default=0.05, metavar="LR", help="initial SGD learning rate")
     t.add_argument("--label-updates", type=_int_at_least(0, auto=True), default="auto", metavar="M|auto",
                    help="number of self-labelling (Sinkhorn) steps; auto = half the epochs")
+    t.add_argument("--label-neighbors", type=_int_at_least(1), default=None, metavar="K",
+                   help="self-label each sample on its heads' probabilities averaged over "
+                        "it and its K-1 nearest samples in feature space; 1 = the paper's "
+                        "step (default: SelfLabelClusterer's)")
     t.add_argument("--lam", type=_positive_float_or("auto"), default=None, metavar="LAMBDA|auto",
                    help="Sinkhorn lambda (default auto: 25 with linear heads, "
                         "20 x temperature with cosine heads)")

@@ -158,6 +158,21 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     label_schedule : {"quadratic", "linear"}, default="quadratic"
         Where the updates fall in training: ``((i-1)/(M-1))**2`` of the way
         (appendix A.1) or evenly.
+    label_neighbors : int, default=10
+        Each self-labelling step scores a sample by its heads' predicted
+        probabilities averaged over its neighbourhood: the sample and its
+        ``label_neighbors - 1`` nearest training samples by cosine
+        similarity of the centred backbone features (of the plain samples).
+        Samples with similar features then get the same label unless the
+        equal cluster sizes say otherwise. 1 is the paper's step, the
+        sample's own probabilities. On Fashion-MNIST, 10 raised the
+        accuracy of ``labels_`` from 0.610 to 0.663 (mean of 4 seeds); on
+        digits it kept it (0.963 against 0.960) and raised NMI (0.932
+        against 0.919; docs/benchmarks_quality.md). Each step costs one
+        more pass over the data and an ``N x N`` similarity search in row
+        blocks (``O(N^2 D)``, on the net's device): Fashion-MNIST's fits
+        took 1.2 to 1.4 times as long. For millions of samples without a
+        GPU, set 1.
     projection : tuple of int or None, default=(512, 128)
         Widths of the MLP between the backbone features and the heads
         (``Linear - BatchNorm1d - ReLU`` to 512, then ``Linear`` to a
@@ -332,6 +347,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         "lr_gamma": [Interval(Real, 0, 1, closed="right")],
         "n_label_updates": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
         "label_schedule": [StrOptions({"quadratic", "linear"})],
+        "label_neighbors": [Interval(Integral, 1, None, closed="left")],
         "projection": [tuple, list, None],
         "temperature": [Interval(Real, 0, None, closed="neither"), None],
         "lam": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
@@ -367,6 +383,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         lr_gamma=0.1,
         n_label_updates="auto",
         label_schedule="quadratic",
+        label_neighbors=10,
         projection=(512, 128),
         temperature=0.1,
         lam="auto",
@@ -398,6 +415,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.lr_gamma = lr_gamma
         self.n_label_updates = n_label_updates
         self.label_schedule = label_schedule
+        self.label_neighbors = label_neighbors
         self.projection = projection
         self.temperature = temperature
         self.lam = lam
@@ -524,6 +542,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             assign=self.assign,
             augment_labels=self.augment_labels,
             label_seed=seed,
+            label_neighbors=self.label_neighbors,
             optimizer=torch.optim.SGD,
             optimizer__momentum=self.momentum,
             optimizer__weight_decay=self.weight_decay,

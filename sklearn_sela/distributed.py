@@ -37,6 +37,8 @@ import torch.distributed as dist
 from skorch.callbacks import Callback
 from torch.utils.data import Sampler
 
+from .neighbors import average_over_neighbors
+
 __all__ = [
     "get_process_group",
     "get_rank",
@@ -601,6 +603,10 @@ def update_labels_distributed(net, dataset, group):
     all-reduces) and all-gathers the int64 labels, so ``net.labels_`` is the
     same ``(N, T)`` tensor on every rank. Returns the same info dict as
     :meth:`SelfLabelNet.update_labels`, plus ``"local_rows"``.
+
+    With ``net.label_neighbors > 1`` the neighbourhoods of a shard's samples
+    reach into other shards, so each head's probabilities are all-gathered
+    (``N x K_t`` on every rank) before the shard's rows are averaged.
     """
     start = time.perf_counter()
     n = len(net.labels_)
@@ -610,8 +616,12 @@ def update_labels_distributed(net, dataset, group):
     module = unwrap_module(net.module_)
     _broadcast_buffers(module, group)
     local = torch.empty((hi - lo, len(net.n_clusters)), dtype=torch.int64, device=dev)
+    # Neighbourhoods span shards: average over all ranks' probabilities.
+    neighbors = net.label_neighbors_of(dataset, rows=(lo, hi))
     solves = []
     for t, buf in net.head_log_probas(dataset, shard=(lo, hi), device=dev):
+        if neighbors is not None:
+            average_over_neighbors(all_gather_rows(buf.exp(), group), neighbors, out=buf)
         local[:, t], res = net.solve_head(buf, t, process_group=group)
         solves.append(res)
     previous = net.labels_.clone()

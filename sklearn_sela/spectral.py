@@ -4,7 +4,8 @@ The partition behind ``SelfLabelClusterer(labels_from="spectral")``: the
 cosine k-nearest-neighbour graph of the features, symmetrised, and the
 normalised spectral clustering of Ng, Jordan and Weiss (2001) on it -- the
 leading eigenvectors of ``D^-1/2 A D^-1/2``, rows scaled to unit length,
-then k-means. Pure numerics on numpy / torch / scipy arrays.
+then k-means. Pure numerics on numpy / torch / scipy arrays (the
+neighbour search is :func:`sklearn_sela.neighbors.cosine_neighbors`).
 
 Why not :class:`sklearn.cluster.SpectralClustering`: it builds the graph
 with a tree or a dense distance matrix, and its default ARPACK eigensolver
@@ -29,11 +30,9 @@ from scipy.sparse.linalg import lobpcg
 from sklearn.cluster import KMeans
 from sklearn.utils import check_array, check_random_state
 
-__all__ = ["knn_graph", "spectral_partition"]
+from .neighbors import cosine_neighbors
 
-# Rows of the (rows, N) similarity block in one matrix product: 2**25
-# float32 entries, 128 MB, whatever N is.
-_BLOCK_ENTRIES = 1 << 25
+__all__ = ["knn_graph", "spectral_partition"]
 
 # Below this many samples a dense eigendecomposition is fast, and LOBPCG
 # needs several times more samples than vectors.
@@ -73,17 +72,7 @@ def _knn_graph(features, n_neighbors):
         raise ValueError(
             f"n_neighbors={n_neighbors} must be in [1, n_samples - 1] = [1, {n - 1}]."
         )
-    x = torch.nn.functional.normalize(x, dim=1)
-    rows = max(1, _BLOCK_ENTRIES // n)
-    cols = []
-    with torch.no_grad():
-        for start in range(0, n, rows):
-            sim = x[start:start + rows] @ x.T
-            block = torch.arange(sim.shape[0])
-            # A sample is not its own neighbour (cosine is at most 1).
-            sim[block, block + start] = -2.0
-            cols.append(sim.topk(n_neighbors, dim=1).indices)
-    cols = torch.cat(cols).numpy().ravel()
+    cols = cosine_neighbors(x, n_neighbors, exclude_self=True).numpy().ravel()
     indptr = np.arange(0, n * n_neighbors + 1, n_neighbors)
     adj = sp.csr_matrix((np.ones(n * n_neighbors), cols, indptr), shape=(n, n))
     return ((adj + adj.T) * 0.5).tocsr()

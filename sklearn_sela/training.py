@@ -33,6 +33,7 @@ from .distributed import (
     unwrap_module,
     update_labels_distributed,
 )
+from .neighbors import average_over_neighbors, cosine_neighbors
 from .sinkhorn import sinkhorn_knopp
 
 __all__ = [
@@ -123,6 +124,11 @@ class SelfLabelNet(NeuralNet):
         :meth:`get_label_dataset`.
     label_seed : int, default=0
         Seed of the initial random equipartition.
+    label_neighbors : int, default=1
+        Size of the neighbourhood (the sample and its nearest others in
+        feature space) whose probabilities are averaged before each
+        self-labelling solve; 1 is the paper's step. See
+        :meth:`label_neighbors_of`.
     **kwargs
         Passed to :class:`skorch.NeuralNet` (``optimizer``, ``lr``,
         ``max_epochs``, ``batch_size``, ``device``, ``callbacks``,
@@ -150,6 +156,7 @@ class SelfLabelNet(NeuralNet):
         assign="argmax",
         augment_labels=False,
         label_seed=0,
+        label_neighbors=1,
         criterion=torch.nn.CrossEntropyLoss,
         train_split=None,
         **kwargs,
@@ -162,6 +169,7 @@ class SelfLabelNet(NeuralNet):
         self.assign = assign
         self.augment_labels = augment_labels
         self.label_seed = label_seed
+        self.label_neighbors = label_neighbors
 
     # -- labels -----------------------------------------------------------
     def init_labels(self, n_samples):
@@ -307,12 +315,38 @@ class SelfLabelNet(NeuralNet):
             return AugmentedDataset(dataset.base, None)
         return dataset
 
+    def label_neighbors_of(self, dataset, rows=None):
+        """Each sample's neighbourhood for the self-labelling step, or None.
+
+        With ``label_neighbors = k > 1``, the ``k`` training samples whose
+        backbone features (of the plain samples, centred) have the largest
+        cosine similarity with the sample's, the sample itself first. The
+        step then scores a sample by the mean of its neighbourhood's
+        predicted probabilities, so that samples with similar features get
+        the same label unless the transport's equal sizes say otherwise.
+        Costs one more pass over the data and an ``N x N`` similarity search
+        in row blocks on the net's device. ``rows=(lo, hi)`` returns the
+        neighbourhoods of those samples only (one rank's shard).
+
+        Returns
+        -------
+        neighbors : LongTensor of shape (hi - lo, k) or None
+        """
+        if self.label_neighbors <= 1:
+            return None
+        feats = self.training_features(dataset)
+        feats -= feats.mean(dim=0)
+        k = min(int(self.label_neighbors), len(feats))
+        return cosine_neighbors(feats.to(self.device), k, rows=rows).cpu()
+
     def update_labels(self, dataset):
         """Self-labelling step (paper, step 2) for every head.
 
         Computes the log-probabilities of all training samples (of
         :meth:`get_label_dataset`, head by head with
-        :meth:`head_log_probas`) and solves the transport problem per
+        :meth:`head_log_probas`), averages the probabilities over each
+        sample's neighbourhood when ``label_neighbors > 1``
+        (:meth:`label_neighbors_of`), and solves the transport problem per
         head, warm-started from that head's previous scaling.
 
         Returns
@@ -331,8 +365,11 @@ class SelfLabelNet(NeuralNet):
             return update_labels_distributed(self, dataset, group)
         start = time.perf_counter()
         previous = self.labels_.clone()
+        neighbors = self.label_neighbors_of(dataset)
         solves = []
         for t, buf in self.head_log_probas(dataset):
+            if neighbors is not None:
+                average_over_neighbors(buf.exp(), neighbors, out=buf)
             labels, res = self.solve_head(buf, t)
             self.labels_[:, t] = labels
             solves.append(res)

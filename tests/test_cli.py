@@ -228,7 +228,8 @@ def test_fit_head_options(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 5)))
     runs = {
         "paper": ["--projection", "none", "--temperature", "none"],
-        "custom": ["--projection", "16,8", "--temperature", "0.2", "--lam", "3"],
+        "custom": ["--projection", "16,8", "--temperature", "0.2", "--lam", "3",
+                   "--label-neighbors", "4"],
         "default": [],
     }
     for name, options in runs.items():
@@ -241,6 +242,8 @@ def test_fit_head_options(tmp_path, capsys):
     assert (params["custom"]["projection"], params["custom"]["temperature"]) == ([16, 8], 0.2)
     assert params["custom"]["lam"] == 3.0 and params["default"]["lam"] == "auto"
     assert params["default"]["projection"] == [512, 128]
+    assert params["custom"]["label_neighbors"] == 4 and params["default"]["label_neighbors"] == 10
+    assert load_model(tmp_path / "custom" / "model.pt").net_.label_neighbors == 4
     module = load_model(tmp_path / "custom" / "model.pt").net_.module_
     assert module.embed_dim == 8 and module.temperature == 0.2
     assert load_model(tmp_path / "paper" / "model.pt").net_.lam == 25.0
@@ -417,6 +420,7 @@ def test_user_errors_exit_1(tmp_path, capsys):
     ["fit", "x", "--projection", "wide"],
     ["fit", "x", "--temperature", "0"],
     ["fit", "x", "--lam", "sharp"],
+    ["fit", "x", "--label-neighbors", "0"],
     ["fit", "x", "--labels-from", "umap"],
     ["fit", "x", "--no-such-option"],
     ["predict", "model.pt"],
@@ -594,7 +598,7 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
     est = SelfLabelClusterer(n_clusters=5, n_heads=1, max_epochs=1, batch_size=32,
                              labels_from="spectral", random_state=0).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
-    assert state["format_version"] == 5 and state["labels_from"] == "spectral"
+    assert state["format_version"] == 6 and state["labels_from"] == "spectral"
     assert tuple(state["partition"]["features"].shape) == est.transform(X).shape
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.labels_from_ == "spectral" and not hasattr(loaded, "feature_assigner_")
@@ -605,7 +609,7 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("version", [1, 2, 4])
+@pytest.mark.parametrize("version", [1, 2, 4, 5])
 def test_load_older_formats(digits_small, tmp_path, version):
     # Files written before the projection and cosine heads (formats 1, 2)
     # hold linear heads on the backbone features (lam 25): they load into
@@ -613,13 +617,16 @@ def test_load_older_formats(digits_small, tmp_path, version):
     # partition: their models keep taking labels and predictions from the
     # head, as when saved. Files written before the whitening (formats 1 to
     # 4) load with whiten=False: transform gives the raw features, as it did.
+    # All of them (formats 1 to 5) were trained with label_neighbors=1.
     X, _ = digits_small
     linear = dict(projection=None, temperature=None, lam=25.0) if version < 3 else {}
     est = SelfLabelClusterer(n_clusters=4, n_heads=2, max_epochs=1, batch_size=32,
                              random_state=0, **linear).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
     params = json.loads(state["params"])
-    del params["whiten"], state["whitening"]
+    del params["label_neighbors"]
+    if version < 5:
+        del params["whiten"], state["whitening"]
     if version < 3:
         del params["projection"], params["temperature"]
     if version == 1:
@@ -630,11 +637,16 @@ def test_load_older_formats(digits_small, tmp_path, version):
     if version < 3:
         assert old.get_params()["projection"] is None
         assert old.get_params()["temperature"] is None
-    assert old.get_params()["whiten"] is False and not hasattr(old, "whitening_matrix_")
-    raw = est.set_params(whiten=False).transform(X)
-    np.testing.assert_allclose(old.transform(X), raw, rtol=1e-5, atol=1e-6)
-    with pytest.raises(NotFittedError, match="saved before sklearn-sela had them"):
-        old.set_params(whiten=True).transform(X)
+    assert old.get_params()["label_neighbors"] == 1 and old.net_.label_neighbors == 1
+    if version == 5:
+        np.testing.assert_allclose(old.whitening_matrix_, est.whitening_matrix_)
+        np.testing.assert_allclose(old.transform(X), est.transform(X), rtol=1e-5, atol=1e-6)
+    else:
+        assert old.get_params()["whiten"] is False and not hasattr(old, "whitening_matrix_")
+        raw = est.set_params(whiten=False).transform(X)
+        np.testing.assert_allclose(old.transform(X), raw, rtol=1e-5, atol=1e-6)
+        with pytest.raises(NotFittedError, match="saved before sklearn-sela had them"):
+            old.set_params(whiten=True).transform(X)
     if version == 1:
         assert old.labels_from_ == "head" and old.get_params()["labels_from"] == "head"
         assert not hasattr(old, "feature_assigner_")

@@ -132,6 +132,42 @@ def test_heads_from_cached_features_match_full_pass(digits, monkeypatch, heads):
         torch.testing.assert_close(buf, both[t][100:250])
 
 
+def test_label_neighbors_average_the_probabilities_before_the_solve(digits):
+    from sklearn.neighbors import NearestNeighbors
+
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+    from sklearn_sela.sinkhorn import sinkhorn_knopp
+
+    X, _ = digits
+    net = SelfLabelClusterer(n_clusters=[6, 4], label_neighbors=5, **FAST).fit(X).net_
+    assert net.label_neighbors == 5
+    base = AugmentedDataset(as_dataset(X)[0], None)
+    feats = net.training_features(base).numpy()
+    feats -= feats.mean(axis=0)
+    nbr = NearestNeighbors(n_neighbors=5, metric="cosine").fit(feats)
+    nbr = nbr.kneighbors(feats, return_distance=False)
+    betas = [b.clone() for b in net.log_betas_]
+    expected, plain = [], []
+    for t, logp in net.head_log_probas(base):
+        kw = dict(lam=net.lam, tol=net.sinkhorn_tol, max_iter=net.sinkhorn_max_iter,
+                  warm_start=betas[t], assign=net.assign)
+        averaged = np.log(logp.exp().numpy()[nbr].mean(axis=1))
+        expected.append(sinkhorn_knopp(torch.from_numpy(averaged), **kw).labels)
+        plain.append(sinkhorn_knopp(logp, **kw).labels)
+    net.log_betas_ = [b.clone() for b in betas]
+    net.update_labels(base)
+    for t in range(2):
+        got = net.labels_[:, t].numpy()
+        assert (got == np.asarray(expected[t])).mean() >= 0.99
+        # The averaging changes labels: the plain step gives others.
+        assert (got != np.asarray(plain[t])).mean() > 0.02
+    net.label_neighbors = 1
+    net.log_betas_ = [b.clone() for b in betas]
+    net.update_labels(base)
+    for t in range(2):
+        assert (net.labels_[:, t].numpy() == np.asarray(plain[t])).mean() >= 0.99
+
+
 def test_labels_change_and_stay_balanced(digits):
     X, _ = digits
     est = SelfLabelClusterer(

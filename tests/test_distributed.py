@@ -48,6 +48,12 @@ def _fit_data():
     return X.astype(np.float32)
 
 
+def _plain_dataset(X):
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+
+    return AugmentedDataset(as_dataset(X)[0], None)  # yields (x, index)
+
+
 SOLVES = {
     "argmax": dict(assign="argmax"),
     "balanced": dict(assign="balanced"),
@@ -108,6 +114,11 @@ def _worker(rank, port, outdir):
         if rank == 0:
             with open(os.path.join(outdir, "est.pkl"), "wb") as f:
                 pickle.dump(est, f)
+        # -- a neighbour-averaged label update, neighbourhoods across shards --
+        net = est.net_
+        net.label_neighbors = 7
+        net.update_labels(_plain_dataset(X))
+        out["neighbour_update"] = net.labels_.clone()
         torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -235,6 +246,23 @@ def test_fitted_model_usable_in_parent(ranks):
     assert pred.shape == (FIT_N,) and pred.max() < FIT_K
     feats = est.transform(X[:10])
     assert feats.shape[0] == 10 and np.isfinite(feats).all()
+
+
+def test_neighbour_update_equals_single_process(ranks):
+    # Each rank averaged its shard's probabilities over neighbourhoods that
+    # reach into the other shard; the same step in one process agrees.
+    outdir, results = ranks
+    with open(os.path.join(outdir, "est.pkl"), "rb") as f:
+        net = pickle.load(f).net_  # as fitted, before that step
+    torch.testing.assert_close(results[0]["neighbour_update"], results[1]["neighbour_update"],
+                               rtol=0, atol=0)
+    net.label_neighbors = 7
+    net.update_labels(_plain_dataset(_fit_data()))
+    got = results[0]["neighbour_update"].numpy()
+    assert (got == net.labels_.numpy()).mean() >= 0.99
+    net.label_neighbors = 1
+    net.update_labels(_plain_dataset(_fit_data()))
+    assert (got != net.labels_.numpy()).mean() > 0.0
 
 
 def _cuda_worker(rank, port, outdir):

@@ -3,6 +3,7 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.neighbors import NearestNeighbors
 
+import sklearn_sela.neighbors as neighbors
 import sklearn_sela.spectral as spectral
 from sklearn_sela import SinkhornAssigner
 from sklearn_sela.spectral import knn_graph, spectral_partition
@@ -22,7 +23,7 @@ def test_knn_graph_is_the_symmetrised_cosine_neighbour_graph(monkeypatch):
     X, _ = _blobs_on_sphere([40, 30, 20], dim=5)
     X[::7] *= 10.0  # lengths must not matter
     # Several row blocks, to cover the blocked products.
-    monkeypatch.setattr(spectral, "_BLOCK_ENTRIES", 90 * 16)
+    monkeypatch.setattr(neighbors, "_BLOCK_ENTRIES", 90 * 16)
     G = knn_graph(X, n_neighbors=4)
     assert G.shape == (90, 90)
     assert abs(G - G.T).max() == 0

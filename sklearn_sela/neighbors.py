@@ -1,0 +1,93 @@
+"""Cosine nearest neighbours and averages over them, in blocked products.
+
+Pure torch on tensors: the k-nearest-neighbour search behind the spectral
+partition (:mod:`sklearn_sela.spectral`) and behind the neighbour-averaged
+self-labelling step (``SelfLabelClusterer(label_neighbors=k)``). The
+``(rows, N)`` similarity block of one matrix product is capped, so the
+memory stays bounded whatever ``N`` is; the products run on the features'
+device.
+"""
+
+# Authors: sklearn-sela developers
+# License: BSD 3 clause
+
+import torch
+
+__all__ = ["cosine_neighbors", "average_over_neighbors"]
+
+# Entries of one similarity or gathered block: 2**25 float32, 128 MB.
+_BLOCK_ENTRIES = 1 << 25
+
+
+@torch.no_grad()
+def cosine_neighbors(features, n_neighbors, *, rows=None, exclude_self=False):
+    """Indices of each sample's most similar samples by cosine similarity.
+
+    Parameters
+    ----------
+    features : Tensor of shape (n_samples, n_features)
+        Samples; they need not be normalised. All-zero rows have cosine 0
+        with everything.
+    n_neighbors : int
+        Neighbours returned per sample.
+    rows : tuple of int (lo, hi), default=None
+        Search the neighbours of samples ``lo:hi`` only (among all samples),
+        e.g. one rank's shard. None means all samples.
+    exclude_self : bool, default=False
+        Whether a sample may not be its own neighbour. When it may, it is
+        its own nearest one (cosine 1) unless it has exact duplicates.
+
+    Returns
+    -------
+    neighbors : LongTensor of shape (hi - lo, n_neighbors)
+        Row ``i`` holds the indices, into ``features``, of sample
+        ``lo + i``'s neighbours, most similar first; on ``features``' device.
+    """
+    n = features.shape[0]
+    most = n - 1 if exclude_self else n
+    if not 1 <= n_neighbors <= most:
+        raise ValueError(
+            f"n_neighbors={n_neighbors} must be in [1, {most}] for {n} samples"
+            + (", the sample itself excluded." if exclude_self else ".")
+        )
+    lo, hi = (0, n) if rows is None else rows
+    x = torch.nn.functional.normalize(features.float(), dim=1)
+    step = max(1, _BLOCK_ENTRIES // n)
+    out = torch.empty((hi - lo, n_neighbors), dtype=torch.int64, device=x.device)
+    for start in range(lo, hi, step):
+        stop = min(start + step, hi)
+        sim = x[start:stop] @ x.T
+        if exclude_self:
+            i = torch.arange(stop - start, device=x.device)
+            sim[i, i + start] = -2.0  # below any cosine
+        out[start - lo:stop - lo] = sim.topk(n_neighbors, dim=1).indices
+    return out
+
+
+@torch.no_grad()
+def average_over_neighbors(probas, neighbors, out):
+    """Log of each sample's probabilities averaged over its neighbours.
+
+    Parameters
+    ----------
+    probas : Tensor of shape (n_samples, n_classes)
+        Probabilities of all samples (the rows ``neighbors`` points into).
+    neighbors : LongTensor of shape (n_rows, k)
+        For each output row, the ``k`` samples to average.
+    out : Tensor of shape (n_rows, n_classes)
+        Written with ``log(mean_j probas[neighbors[i, j]])``. It must not
+        share memory with ``probas``: rows are read after others are written.
+
+    Returns
+    -------
+    out : Tensor
+    """
+    k = neighbors.shape[1]
+    step = max(1, _BLOCK_ENTRIES // (k * probas.shape[1]))
+    for start in range(0, len(neighbors), step):
+        idx = neighbors[start:start + step].to(probas.device)
+        mean = probas[idx].mean(dim=1)
+        # A class no neighbour gives any mass keeps a finite log.
+        mean.clamp_min_(torch.finfo(mean.dtype).tiny)
+        out[start:start + step] = mean.log_().to(out.device)
+    return out
