@@ -4,7 +4,14 @@ Checks that the CUDA paths give the same answers as the CPU ones and records
 timings: the Sinkhorn solver on CUDA vs CPU on the same matrix (labels must
 agree), bfloat16 input, an in-place ImageNet-scale solve (N=1,281,167,
 K=3,000), and a short ``SelfLabelClusterer`` fit on CUDA whose pickle is
-written to ``--out`` so that it can be loaded on a machine without CUDA.
+written to ``--out`` and loaded again in a process that cannot see the GPU
+(and can be carried to a machine without CUDA).
+Then the NCCL path: ranks launched as subprocesses on ``cuda:0`` with the
+``"cpu:gloo,cuda:nccl"`` backend that :func:`init_from_environment` picks;
+first two ranks (NCCL refuses two ranks on one GPU on most versions, and
+the outcome is recorded), then one rank with the estimators' distributed
+mode forced on, which runs every collective, DDP and the sharded label
+update through NCCL.
 
 Usage::
 
@@ -16,6 +23,10 @@ import json
 import os
 import pickle
 import platform
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -79,6 +90,17 @@ def solver_checks(rows):
     rows.append(("sinkhorn ImageNet-scale in-place 1.28M x 3k, CUDA", t_big, big.n_iter,
                  f"peak extra {extra:.2f} GiB over the 14.3 GiB buffer; soft is buffer: "
                  f"{big.soft.data_ptr() == buf.data_ptr()}"))
+    del buf, big
+
+    from sklearn_sela.neighbors import cosine_neighbors
+
+    feats = torch.randn(60_000, 512, generator=gen)
+    nb_cpu, t_nb_cpu = _timed(lambda: cosine_neighbors(feats, 10))
+    nb_gpu, t_nb_gpu = _timed(lambda: cosine_neighbors(feats.cuda(), 10))
+    same = float((nb_gpu.cpu() == nb_cpu).double().mean())
+    rows.append(("label neighbours 60k x 512, k=10, CPU (16 cores)", t_nb_cpu, "", ""))
+    rows.append(("label neighbours 60k x 512, k=10, CUDA", t_nb_gpu, "",
+                 f"{t_nb_cpu / t_nb_gpu:.0f}x faster; same indices {same:.4f}"))
 
 
 def fit_checks(rows, out):
@@ -100,16 +122,134 @@ def fit_checks(rows, out):
         pickle.dump(est, fh)
     np.save(os.path.join(out, "cuda_features.npy"), feats)
     np.save(os.path.join(out, "cuda_X.npy"), X[:1000])
+    # The pickle must load where CUDA is missing: a process that cannot see the GPU.
+    code = (
+        "import pickle, sys, warnings, numpy as np\n"
+        "warnings.simplefilter('ignore')\n"
+        "est = pickle.load(open('cuda_model.pkl', 'rb'))\n"
+        "gap = np.abs(est.transform(np.load('cuda_X.npy')) - np.load('cuda_features.npy')).max()\n"
+        "print(f'{est.net_.device} {gap:.2e}')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=out, capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    rows.append(("pickle of the CUDA fit, loaded without CUDA", float("nan"), "",
+                 f"device, max |transform gap|: {done.stdout.strip()}" if done.returncode == 0
+                 else f"FAILED: {done.stderr.strip().splitlines()[-1]}"))
+
+
+def nccl_worker(rank, world, port, out):
+    """One rank of the NCCL check; writes its findings to ``out/nccl{world}_{rank}.json``."""
+    import datetime
+
+    import torch.distributed as dist
+
+    import sklearn_sela.distributed as sela_dist
+    import sklearn_sela.training as sela_training
+
+    torch.cuda.set_device(0)
+    dist.init_process_group(
+        "cpu:gloo,cuda:nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+        world_size=world, timeout=datetime.timedelta(seconds=60),
+    )
+    if world == 1:
+        # A one-rank group is "not distributed" to the estimators; force the
+        # distributed mode so that its NCCL collectives run all the same.
+        for mod in (sela_dist, sela_training):
+            mod.get_process_group = lambda: dist.group.WORLD
+    found = {"collective_device": str(sela_dist.collective_device())}
+    gen = torch.Generator().manual_seed(1)
+    n, k = 40_001, 50
+    logp = torch.log_softmax(torch.randn(n, k, generator=gen) * 3, dim=1)
+    logp[:, 0] += 1.0  # a popular cluster: the balanced rounding has work to do
+    lo, hi = sela_dist.shard_bounds(n, world, rank)
+    for assign in ("argmax", "balanced"):
+        whole = sinkhorn_knopp(logp.cuda(), assign=assign)
+        shard = sinkhorn_knopp(logp[lo:hi].cuda(), assign=assign, process_group=dist.group.WORLD)
+        labels = sela_dist.all_gather_rows(shard.labels, dist.group.WORLD)
+        found[assign] = {
+            "agree_with_single_process": float((labels == whole.labels).double().mean()),
+            "n_iter": [shard.n_iter, whole.n_iter],
+            "sizes": [int(c) for c in torch.bincount(labels, minlength=k).aminmax()],
+        }
+    rng = np.random.default_rng(0)
+    protos = rng.random((4, 28, 28)) > 0.7
+    y = rng.integers(0, 4, 2_001)
+    X = (protos[y] * 200 + rng.normal(0, 25, (len(y), 28, 28))).clip(0, 255).astype(np.uint8)
+    est = SelfLabelClusterer(
+        n_clusters=4, n_heads=2, max_epochs=2, batch_size=128, assign="balanced",
+        device="cuda", random_state=0,
+    )
+    start = time.perf_counter()
+    est.fit(X)
+    found["fit_s"] = time.perf_counter() - start
+    found["fit_sizes"] = np.bincount(est.labels_, minlength=4).tolist()
+    found["fit_labels_head"] = est.labels_[:20].tolist()
+    found["predict_agrees"] = float((est.predict(X) == est.labels_).mean())
+    dist.destroy_process_group()
+    with open(os.path.join(out, f"nccl{world}_{rank}.json"), "w") as fh:
+        json.dump(found, fh)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nccl_checks(rows, out):
+    scratch = tempfile.mkdtemp()
+    for world in (2, 1):
+        port = _free_port()
+        start = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--out", scratch, "--nccl-rank", str(r), str(world), str(port)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            for r in range(world)
+        ]
+        logs = []
+        for p in procs:
+            try:
+                logs.append(p.communicate(timeout=150)[0])
+            except subprocess.TimeoutExpired:
+                p.kill()
+                logs.append(p.communicate()[0] + "\n[killed after 150 s]")
+        wall = time.perf_counter() - start
+        with open(os.path.join(out, "nccl.log"), "a") as fh:
+            fh.write(f"== {world} rank(s) ==\n" + "\n".join(logs))
+        paths = [os.path.join(scratch, f"nccl{world}_{r}.json") for r in range(world)]
+        if not all(os.path.exists(p) for p in paths):
+            lines = [ln for log in logs for ln in log.splitlines()]
+            why = [ln for ln in lines if "Error" in ln or "error" in ln.split(":")[0]] or lines
+            rows.append((f"NCCL, {world} ranks on cuda:0: FAILED", wall, "", why[-1][-300:]))
+            continue
+        found = [json.load(open(p)) for p in paths]
+        same = all(f["fit_labels_head"] == found[0]["fit_labels_head"] for f in found)
+        f0 = found[0]
+        rows.append((
+            f"NCCL, {world} rank(s) on cuda:0: solver + fit", wall, "",
+            f"collectives on {f0['collective_device']}; agree argmax "
+            f"{f0['argmax']['agree_with_single_process']:.4f}, balanced "
+            f"{f0['balanced']['agree_with_single_process']:.4f} (sizes "
+            f"{f0['balanced']['sizes']}); fit {f0['fit_s']:.1f} s, sizes {f0['fit_sizes']}, "
+            f"ranks agree {same}, predict = labels_ {f0['predict_agrees']:.3f}",
+        ))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
+    parser.add_argument("--nccl-rank", nargs=3, type=int, metavar=("RANK", "WORLD", "PORT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.nccl_rank:
+        nccl_worker(*args.nccl_rank, args.out)
+        return
     os.makedirs(args.out, exist_ok=True)
     rows = []
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {platform.python_version()}")
-    for step in (solver_checks, fit_checks):
+    for step in (solver_checks, fit_checks, nccl_checks):
         try:
             step(rows) if step is solver_checks else step(rows, args.out)
         except Exception as exc:  # keep the other step's numbers

@@ -400,7 +400,9 @@ class SelfLabelNet(NeuralNet):
                 inplace=True,
                 process_group=process_group,
             )
-        self.log_betas_[t] = res.log_beta
+        # Kept on the CPU: fitted state that pickles with CUDA storages cannot
+        # be loaded where CUDA is missing (skorch maps only its modules).
+        self.log_betas_[t] = res.log_beta.cpu()
         # The soft plan is the scratch buffer: let the caller free it.
         res.soft = None
         return res.labels, res

@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import subprocess
+import sys
 
 import joblib
 import numpy as np
@@ -328,6 +330,25 @@ def test_pickle_from_cuda_loads_on_cpu_only_machine(digits):
         est2 = pickle.loads(pickle.dumps(est))
     assert str(est2.net_.device) == "cpu"
     np.testing.assert_array_equal(est2.predict(X), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pickle_of_cuda_fit_loads_without_cuda(digits, tmp_path):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=5, device="cuda", **FAST).fit(X)
+    with open(tmp_path / "est.pkl", "wb") as f:
+        pickle.dump(est, f)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "pred.npy", est.predict(X))
+    code = (
+        "import pickle, warnings, numpy as np, torch\n"
+        "assert not torch.cuda.is_available()\n"
+        "warnings.simplefilter('ignore')\n"
+        "est = pickle.load(open('est.pkl', 'rb'))\n"
+        "np.testing.assert_array_equal(est.predict(np.load('X.npy')), np.load('pred.npy'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True,
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
 
 
 def test_clone_and_params_unchanged():
