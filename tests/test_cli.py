@@ -242,7 +242,7 @@ def test_fit_head_options(tmp_path, capsys):
     assert (params["custom"]["projection"], params["custom"]["temperature"]) == ([16, 8], 0.2)
     assert params["custom"]["lam"] == 3.0 and params["default"]["lam"] == "auto"
     assert params["default"]["projection"] == [512, 128]
-    assert params["custom"]["label_neighbors"] == 4 and params["default"]["label_neighbors"] == 10
+    assert params["custom"]["label_neighbors"] == 4 and params["default"]["label_neighbors"] == 30
     assert load_model(tmp_path / "custom" / "model.pt").net_.label_neighbors == 4
     module = load_model(tmp_path / "custom" / "model.pt").net_.module_
     assert module.embed_dim == 8 and module.temperature == 0.2
