@@ -124,7 +124,7 @@ def fit_checks(rows, out):
     np.save(os.path.join(out, "cuda_X.npy"), X[:1000])
     # The pickle must load where CUDA is missing: a process that cannot see the GPU.
     code = (
-        "import pickle, sys, warnings, numpy as np\n"
+        "import pickle, warnings, numpy as np\n"
         "warnings.simplefilter('ignore')\n"
         "est = pickle.load(open('cuda_model.pkl', 'rb'))\n"
         "gap = np.abs(est.transform(np.load('cuda_X.npy')) - np.load('cuda_features.npy')).max()\n"
