@@ -113,12 +113,27 @@ def init_from_environment(device=None):
         return False
     cuda = device is not None and str(device).startswith("cuda") and torch.cuda.is_available()
     if cuda:
-        count = torch.cuda.device_count()
-        torch.cuda.set_device(int(env.get("LOCAL_RANK", int(env["RANK"]) % count)))
+        torch.cuda.set_device(_local_gpu(int(env["RANK"])))
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
     env[_OWNER_VAR] = str(os.getpid())
     atexit.register(_destroy_group)
     return True
+
+
+def _local_gpu(rank):
+    """This process's GPU index: ``LOCAL_RANK``, else ``rank`` modulo the GPUs."""
+    count = torch.cuda.device_count()
+    local = int(os.environ.get("LOCAL_RANK", rank % max(count, 1)))
+    if local >= count:
+        # NCCL needs a GPU per process; torch's own error ("invalid device
+        # ordinal") does not say that the launch started too many processes.
+        raise RuntimeError(
+            f"This process (LOCAL_RANK={local}) has no GPU of its own: {count} CUDA "
+            f"device(s) are visible. Launch at most one process per GPU "
+            f"(torchrun --nproc_per_node={max(count, 1)}), or pass device='cpu' to "
+            f"train on the CPU (gloo)."
+        )
+    return local
 
 
 def _destroy_group():
@@ -513,8 +528,7 @@ class DistributedFit:
         """Pin ``"cuda"`` to this process's GPU (``LOCAL_RANK``)."""
         device = str(device)
         if device == "cuda":
-            count = max(torch.cuda.device_count(), 1)
-            local = int(os.environ.get("LOCAL_RANK", self.rank % count))
+            local = _local_gpu(self.rank)
             torch.cuda.set_device(local)
             return f"cuda:{local}"
         if device.startswith("cuda:"):

@@ -351,3 +351,25 @@ def test_init_from_environment_only_in_launched_process(monkeypatch):
     assert sela_dist.init_from_environment("cpu")
     assert calls == [{"backend": "gloo"}]
     assert os.environ[sela_dist._OWNER_VAR] == str(os.getpid())
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    # torchrun --nproc_per_node=2 on a machine with one GPU: rank 1 would
+    # ask for cuda:1 (NCCL also refuses two ranks on one GPU).
+    picked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", picked.append)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: None)
+    monkeypatch.setattr(sela_dist.atexit, "register", lambda fn: None)
+    for var, value in dict(WORLD_SIZE="2", RANK="1", LOCAL_RANK="1",
+                           MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv(sela_dist._OWNER_VAR, raising=False)
+    with pytest.raises(RuntimeError, match=r"LOCAL_RANK=1.*1 CUDA device.*nproc_per_node=1"):
+        sela_dist.init_from_environment("cuda")
+    assert picked == []
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert sela_dist.init_from_environment("cuda")
+    assert picked == [0]
+    monkeypatch.delenv(sela_dist._OWNER_VAR)
