@@ -2,10 +2,18 @@
 
 import os
 import platform
+import socket
 import time
 
 import numpy as np
 import torch
+
+
+def free_port():
+    """A free TCP port on the loopback interface, for a process group's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def machine_info():

@@ -30,7 +30,6 @@ import math
 import os
 import platform
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -43,6 +42,9 @@ import torch.multiprocessing as mp
 
 from sklearn_sela import sinkhorn_knopp
 from sklearn_sela.distributed import all_gather_rows, shard_bounds
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "benchmarks_distributed.md")
@@ -212,12 +214,6 @@ def _worker(rank, world, port, cfg, outdir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # -- driver ------------------------------------------------------------------
 def run(cfg):
     torch.set_num_threads(cfg["threads"])
@@ -247,7 +243,7 @@ def run(cfg):
         del refb, S
         # P processes, each with its shard only.
         ctx = mp.start_processes(
-            _worker, args=(world, _free_port(), dict(cfg, warm=warm), outdir),
+            _worker, args=(world, free_port(), dict(cfg, warm=warm), outdir),
             nprocs=world, join=False, start_method="spawn",
         )
         while not ctx.join(timeout=5):

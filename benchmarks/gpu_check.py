@@ -23,7 +23,6 @@ import json
 import os
 import pickle
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ import numpy as np
 import torch
 
 from sklearn_sela import SelfLabelClusterer, sinkhorn_knopp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import free_port  # noqa: E402
 
 
 def _sync():
@@ -190,16 +192,10 @@ def nccl_worker(rank, world, port, out):
         json.dump(found, fh)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def nccl_checks(rows, out):
     scratch = tempfile.mkdtemp()
     for world in (2, 1):
-        port = _free_port()
+        port = free_port()
         start = time.perf_counter()
         procs = [
             subprocess.Popen(
