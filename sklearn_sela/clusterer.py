@@ -169,10 +169,12 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         accuracy of ``labels_`` from 0.610 to 0.670 (10: 0.663) and the
         linear probe from 0.877 to 0.881 (means of 4 seeds); on digits it
         kept both targets (accuracy 0.963, NMI 0.928;
-        docs/benchmarks_quality.md). Each step costs one more pass over the
-        data and an ``N x N`` similarity search in row blocks
-        (``O(N^2 D)``, on the net's device): Fashion-MNIST's fits took 1.2
-        to 1.4 times as long. For millions of samples without a GPU, set 1.
+        docs/benchmarks_quality.md). Each step adds an ``N x N``
+        similarity search in row blocks (``O(N^2 D)``, on the net's device)
+        on the features that its pass over the data computes anyway: on
+        Fashion-MNIST a step took 1.19 training epochs (2 threads; 1.50 when
+        the search made a pass of its own), and a whole fit 25 minutes on
+        one thread. For millions of samples without a GPU, set 1.
     projection : tuple of int or None, default=(512, 128)
         Widths of the MLP between the backbone features and the heads
         (``Linear - BatchNorm1d - ReLU`` to 512, then ``Linear`` to a

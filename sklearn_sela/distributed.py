@@ -630,10 +630,16 @@ def update_labels_distributed(net, dataset, group):
     module = unwrap_module(net.module_)
     _broadcast_buffers(module, group)
     local = torch.empty((hi - lo, len(net.n_clusters)), dtype=torch.int64, device=dev)
-    # Neighbourhoods span shards: average over all ranks' probabilities.
-    neighbors = net.label_neighbors_of(dataset, rows=(lo, hi))
+    feats = net.label_pass_features(dataset, hi - lo)
+    neighbors = None
     solves = []
-    for t, buf in net.head_log_probas(dataset, shard=(lo, hi), device=dev):
+    for t, buf in net.head_log_probas(dataset, shard=(lo, hi), device=dev, features_out=feats):
+        if t == 0:
+            # Neighbourhoods span shards: search among all ranks' features,
+            # average over all ranks' probabilities.
+            full = None if feats is None else all_gather_rows(feats, group).cpu()
+            neighbors = net.label_neighbors_of(dataset, rows=(lo, hi), features=full)
+            feats = full = None
         if neighbors is not None:
             average_over_neighbors(all_gather_rows(buf.exp(), group), neighbors, out=buf)
         local[:, t], res = net.solve_head(buf, t, process_group=group)

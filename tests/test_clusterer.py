@@ -91,20 +91,26 @@ def test_label_dataset_drops_only_the_transform(digits):
     assert net.get_label_dataset(base) is base  # not augmented: used as is
 
 
-@pytest.mark.parametrize("heads", [{}, {"projection": None, "temperature": None}],
-                         ids=["cosine-projection", "linear"])
-def test_heads_from_cached_features_match_full_pass(digits, monkeypatch, heads):
-    from sklearn_sela.data import AugmentedDataset, as_dataset
-    from sklearn_sela.training import SelfLabelNet
-
-    real = SelfLabelNet.features_into
+def _count_calls(monkeypatch, cls, name):
+    """Patch method ``name`` of ``cls`` to append to the returned list per call."""
+    real = getattr(cls, name)
     calls = []
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(SelfLabelNet, "features_into", counting)
+    monkeypatch.setattr(cls, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("heads", [{}, {"projection": None, "temperature": None}],
+                         ids=["cosine-projection", "linear"])
+def test_heads_from_cached_features_match_full_pass(digits, monkeypatch, heads):
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+    from sklearn_sela.training import SelfLabelNet
+
+    calls = _count_calls(monkeypatch, SelfLabelNet, "features_into")
     X, _ = digits
     base = AugmentedDataset(as_dataset(X)[0], None)  # yields (x, index)
     # What the heads read (16 features, or the 128-d embedding) + one head
@@ -132,6 +138,60 @@ def test_heads_from_cached_features_match_full_pass(digits, monkeypatch, heads):
     assert [t for t, _ in shard] == [0, 1] and calls == []
     for t, buf in shard:
         torch.testing.assert_close(buf, both[t][100:250])
+
+
+@pytest.mark.parametrize("clusters", [[6, 4], [20] * 8], ids=["one-pass", "cached-features"])
+def test_label_step_reads_the_data_once_with_the_same_labels(digits, monkeypatch, clusters):
+    import copy
+
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+    from sklearn_sela.training import SelfLabelNet
+
+    X, _ = digits
+    narrow = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU())
+    net = SelfLabelClusterer(n_clusters=clusters, label_neighbors=5, backbone=narrow,
+                             **FAST).fit(X).net_
+    base = AugmentedDataset(as_dataset(X)[0], None)
+    passes = _count_calls(monkeypatch, SelfLabelNet, "_label_batches")
+    shared, separate = copy.deepcopy(net), copy.deepcopy(net)
+    shared.update_labels(base)
+    assert len(passes) == 1
+    # The step as it was: the neighbour search makes its own pass first.
+    monkeypatch.setattr(SelfLabelNet, "label_pass_features", lambda *a: None)
+    separate.update_labels(base)
+    assert len(passes) == 3
+    assert torch.equal(shared.labels_, separate.labels_)
+    assert (shared.labels_ != net.labels_).any()  # the step did something
+    for a, b in zip(shared.log_betas_, separate.log_betas_):
+        assert torch.equal(a, b)
+
+
+def test_shared_label_pass_leaves_the_whole_fit_unchanged(digits, monkeypatch):
+    # Also the random stream: the step draws what the features' own pass drew.
+    from sklearn_sela.training import SelfLabelNet
+
+    X, _ = digits
+    params = dict(n_clusters=6, n_heads=2, label_neighbors=5, max_epochs=4,
+                  batch_size=64, random_state=0)
+    shared = SelfLabelClusterer(**params).fit(X)
+    monkeypatch.setattr(SelfLabelNet, "label_pass_features", lambda *a: None)
+    separate = SelfLabelClusterer(**params).fit(X)
+    np.testing.assert_array_equal(shared.labels_all_, separate.labels_all_)
+    np.testing.assert_array_equal(shared.labels_, separate.labels_)
+
+
+def test_label_step_over_augmented_views_finds_neighbours_on_plain_samples(digits):
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+
+    X, _ = digits
+    net = SelfLabelClusterer(n_clusters=4, label_neighbors=5, augment_labels=True,
+                             **FAST).fit(X).net_
+    train = AugmentedDataset(as_dataset(X)[0], lambda x: x + torch.randn_like(x))
+    # The pass reads augmented views, whose features are not the plain ones.
+    assert net.label_pass_features(net.get_label_dataset(train), len(X)) is None
+    assert net.label_pass_features(AugmentedDataset(train.base, None), len(X)) is not None
+    net.set_params(label_neighbors=1)
+    assert net.label_pass_features(AugmentedDataset(train.base, None), len(X)) is None
 
 
 def test_label_neighbors_average_the_probabilities_before_the_solve(digits):
