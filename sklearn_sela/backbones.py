@@ -494,8 +494,25 @@ class MultiHeadNet(nn.Module):
             ``logits[t]`` has shape ``(B, n_clusters[t])``. A tuple, so that
             skorch passes it through to the criterion unchanged.
         """
-        z = self.embed(self.backbone(x))
-        return tuple(self.head_logits(t, z) for t in range(len(self.heads)))
+        return self.features_and_logits(x)[1]
+
+    def features_and_logits(self, x):
+        """Compute the backbone features and every head's logits in one pass.
+
+        Parameters
+        ----------
+        x : torch.Tensor of shape (B, ...)
+            Input batch.
+
+        Returns
+        -------
+        features : torch.Tensor of shape (B, feature_dim)
+        logits : tuple of torch.Tensor
+            What :meth:`forward` returns.
+        """
+        features = self.backbone(x)
+        z = self.embed(features)
+        return features, tuple(self.head_logits(t, z) for t in range(len(self.heads)))
 
     def features(self, x):
         """Compute the backbone features.

@@ -218,12 +218,8 @@ class SelfLabelNet(NeuralNet):
             if features_out is None:
                 outputs = module(x)
             else:
-                # The steps of MultiHeadNet.forward, so the logits are the
-                # same to the bit as module(x)'s.
-                out = module.features(x)
+                out, outputs = module.features_and_logits(x)
                 features_out[rows] = out.float().cpu()
-                z = module.embed(out)
-                outputs = [module.head_logits(t, z) for t in range(len(buffers))]
             for buf, logits in zip(buffers, outputs):
                 buf[rows.to(buf.device)] = torch.log_softmax(logits.float(), dim=1).to(buf.device)
         return buffers
