@@ -600,7 +600,8 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         checkpoint_every=args.checkpoint_every,
         random_state=args.seed,
         **_given(batch_size=args.batch_size, n_heads=args.heads, lam=args.lam,
-                 label_neighbors=args.label_neighbors),
+                 label_neighbors=args.label_neighbors,
+                 partition_n_init=args.partition_inits),
         # "none" asks for the paper's linear heads on the backbone features.
         **{name: None if value == "none" else value
            for name, value in _given(projection=args.projection,
@@ -982,6 +983,10 @@ def build_parser():
                         "the learned features (auto, features), head 0's self-labels "
                         "(head), or spectral clustering of the features' 10-NN graph "
                         "(spectral, clusters of any size)")
+    m.add_argument("--partition-inits", type=_int_at_least(1), default=None, metavar="N",
+                   help="k-means runs of the feature partition; the one that splits the "
+                        "fewest nearest-neighbour pairs is kept (default: "
+                        "SelfLabelClusterer's)")
     m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")

@@ -1,8 +1,10 @@
 """Cosine nearest neighbours and averages over them, in blocked products.
 
 Pure torch on tensors: the k-nearest-neighbour search behind the spectral
-partition (:mod:`sklearn_sela.spectral`) and behind the neighbour-averaged
-self-labelling step (``SelfLabelClusterer(label_neighbors=k)``). The
+partition (:mod:`sklearn_sela.spectral`), behind the neighbour-averaged
+self-labelling step (``SelfLabelClusterer(label_neighbors=k)``) and behind
+the choice among the feature partitions of ``SelfLabelClusterer``
+(``partition_n_init``). The
 ``(rows, N)`` similarity block of one matrix product is capped, so the
 memory stays bounded whatever ``N`` is; the products run on the features'
 device.
@@ -13,7 +15,7 @@ device.
 
 import torch
 
-__all__ = ["cosine_neighbors", "average_over_neighbors"]
+__all__ = ["cosine_neighbors", "average_over_neighbors", "neighbor_agreement"]
 
 # Entries of one similarity or gathered block: 2**25 float32, 128 MB.
 _BLOCK_ENTRIES = 1 << 25
@@ -91,3 +93,29 @@ def average_over_neighbors(probas, neighbors, out):
         mean.clamp_min_(torch.finfo(mean.dtype).tiny)
         out[start:start + step] = mean.log_().to(out.device)
     return out
+
+
+@torch.no_grad()
+def neighbor_agreement(labels, neighbors):
+    """Fraction of (sample, neighbour) pairs whose two samples share a label.
+
+    A partition that follows the neighbourhood graph cuts few of its edges;
+    among balanced partitions of the same features, the one with the highest
+    agreement is the one that splits the fewest neighbourhoods.
+
+    Parameters
+    ----------
+    labels : LongTensor of shape (n_samples,)
+        Cluster of each sample.
+    neighbors : LongTensor of shape (n_samples, k)
+        Row ``i`` holds the indices of sample ``i``'s neighbours (from
+        :func:`cosine_neighbors`, usually with ``exclude_self=True``: a
+        sample always agrees with itself).
+
+    Returns
+    -------
+    agreement : float
+        In [0, 1].
+    """
+    labels = labels.to(neighbors.device)
+    return (labels[neighbors] == labels[:, None]).float().mean().item()

@@ -8,11 +8,11 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 6``)::
+Layout of the archive (``"format_version": 7``)::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 6,
+      "format_version": 7,
       "library_version": "0.1.0",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
@@ -43,7 +43,11 @@ samples instead::
         "labels": LongTensor (n_samples,)
       }
 
-Formats 1 to 5 are still read. They predate ``label_neighbors``: their
+Formats 1 to 6 are still read. They predate ``partition_n_init``: their
+feature partitions come from a single k-means run, and their models get
+``partition_n_init=1`` (format 7 differs from 6 in that parameter only, so that an older
+sklearn-sela refuses a file whose parameters it does not know). Formats 1
+to 5 also predate ``label_neighbors``: their
 models were trained with the paper's self-labelling step and get
 ``label_neighbors=1`` (format 6 differs from 5 in that parameter only, so
 that an older sklearn-sela refuses a file whose parameters it does not
@@ -69,7 +73,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 6
+MODEL_FORMAT_VERSION = 7
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -356,6 +360,8 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         params.setdefault("whiten", False)
         # Formats 1 to 5 predate the neighbour-averaged self-labelling.
         params.setdefault("label_neighbors", 1)
+        # Formats 1 to 6 predate the choice among several partitions.
+        params.setdefault("partition_n_init", 1)
         partition = None
         if labels_from == "features":
             partition = _partition_from_state(state["partition"])

@@ -20,6 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.callbacks import Callback
 
 from sklearn_sela import SelfLabelClusterer, SinkhornAssigner
+from sklearn_sela.neighbors import cosine_neighbors, neighbor_agreement
 from sklearn_sela.spectral import spectral_partition
 
 FAST = dict(max_epochs=3, batch_size=64, random_state=0)
@@ -435,8 +436,10 @@ def test_labels_from_features_partitions_the_learned_features(digits):
     # exactly what SinkhornAssigner(metric="cosine") gives on transform(X).
     X, y = digits
     X, Xnew, y = X[:300], X[300:], y[:300]
-    # whiten=False: transform gives the features the partition saw.
-    est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, **FAST).fit(X)
+    # whiten=False: transform gives the features the partition saw. One
+    # run of the k-means (the choice among several: the next test).
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=1,
+                             **FAST).fit(X)
     assert est.labels_from_ == "features"
     F = est.transform(X)
     alone = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0).fit(F)
@@ -454,6 +457,32 @@ def test_labels_from_features_partitions_the_learned_features(digits):
     np.testing.assert_allclose(est.predict_proba(Xnew, head=1),
                                est.predict_proba_heads(Xnew)[1])
     assert est.score(Xnew) != est.score(Xnew, head=0)
+
+
+def test_partition_keeps_the_run_that_splits_fewest_neighbourhoods(digits):
+    # Of partition_n_init seeded runs of the balanced k-means, labels_ is the
+    # one whose clusters keep the most 30-nearest-neighbour pairs together;
+    # the training is the same whatever the number of runs.
+    X, _ = digits
+    fast = dict(FAST, random_state=3)  # a seed whose best run is clearly best
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=6,
+                             **fast).fit(X)
+    F = est.transform(X)
+    runs = [SinkhornAssigner(n_clusters=10, metric="cosine", random_state=3 + i).fit(F)
+            for i in range(6)]
+    F = torch.from_numpy(F)
+    graph = cosine_neighbors(F - F.mean(dim=0), 30, exclude_self=True)
+    agreement = [neighbor_agreement(torch.from_numpy(r.labels_), graph) for r in runs]
+    best = int(np.argmax(agreement))
+    # The runs end in different partitions, and neither the first run nor the
+    # lowest k-means cost is the one kept.
+    assert best != 0 and best != int(np.argmin([r.inertia_ for r in runs]))
+    np.testing.assert_array_equal(est.labels_, runs[best].labels_)
+    np.testing.assert_allclose(est.feature_assigner_.cluster_centers_,
+                               runs[best].cluster_centers_)
+    one = clone(est).set_params(partition_n_init=1).fit(X)
+    np.testing.assert_array_equal(one.labels_all_, est.labels_all_)
+    np.testing.assert_array_equal(one.labels_, runs[0].labels_)
 
 
 def test_labels_from_spectral_clusters_the_feature_graph(digits):

@@ -4,7 +4,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 import sklearn_sela.neighbors as neighbors
-from sklearn_sela.neighbors import average_over_neighbors, cosine_neighbors
+from sklearn_sela.neighbors import average_over_neighbors, cosine_neighbors, neighbor_agreement
 
 
 def _points(n=60, dim=6, seed=0):
@@ -53,3 +53,12 @@ def test_average_over_neighbors(monkeypatch):
     expected = np.log(np.maximum(P[nbr].mean(axis=1), np.finfo(np.float32).tiny))
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
     assert np.isfinite(got.numpy()).all()
+
+
+def test_neighbor_agreement_counts_the_pairs_inside_clusters():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    # 5 samples x 2 neighbours: pairs (0,1) (1,0) (2,3) (3,2) share a label,
+    # (0,4) (1,2) (2,0) (3,4) (4,0) (4,3) do not.
+    neighbors = torch.tensor([[1, 4], [0, 2], [3, 0], [2, 4], [0, 3]])
+    assert neighbor_agreement(labels, neighbors) == pytest.approx(4 / 10)
+    assert neighbor_agreement(torch.zeros(5, dtype=torch.int64), neighbors) == 1.0
