@@ -518,26 +518,24 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         """Balanced spherical k-means of the training features: of
         ``partition_n_init`` runs, the one that splits the fewest
         neighbourhoods (see ``labels_from`` and ``partition_n_init``)."""
-        best, best_agreement = None, -1.0
-        neighbors = None
-        for i in range(self.partition_n_init):
-            # The first run is the one partition fitted before there were
-            # several, so partition_n_init=1 gives those labels_ back.
-            fit = SinkhornAssigner(
+        # Run 0 is seeded as the single partition of earlier versions, so
+        # partition_n_init=1 gives those labels_ back.
+        runs = (
+            SinkhornAssigner(
                 n_clusters=n_clusters, metric="cosine", random_state=(seed + i) % 2**32
             ).fit(features)
-            if self.partition_n_init == 1:
-                return fit
-            if neighbors is None:
-                x = torch.as_tensor(features, device=device)
-                neighbors = cosine_neighbors(
-                    x - x.mean(dim=0), min(_AGREEMENT_NEIGHBORS, len(x) - 1),
-                    exclude_self=True,
-                )
-            agreement = neighbor_agreement(torch.as_tensor(fit.labels_), neighbors)
-            if agreement > best_agreement:
-                best, best_agreement = fit, agreement
-        return best
+            for i in range(self.partition_n_init)
+        )
+        if self.partition_n_init == 1:
+            return next(runs)
+        x = torch.as_tensor(features, device=device)
+        neighbors = cosine_neighbors(
+            x - x.mean(dim=0), min(_AGREEMENT_NEIGHBORS, len(x) - 1), exclude_self=True
+        )
+        # max keeps the first of equal runs and holds no more than two at once.
+        return max(
+            runs, key=lambda run: neighbor_agreement(torch.as_tensor(run.labels_), neighbors)
+        )
 
     def _partition_spectral(self, features, n_clusters, seed):
         """Spectral clustering of the training features, and the vote that
