@@ -601,7 +601,8 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         random_state=args.seed,
         **_given(batch_size=args.batch_size, n_heads=args.heads, lam=args.lam,
                  label_neighbors=args.label_neighbors,
-                 partition_n_init=args.partition_inits),
+                 partition_n_init=args.partition_inits,
+                 partition_smoothing=args.partition_smoothing),
         # "none" asks for the paper's linear heads on the backbone features.
         **{name: None if value == "none" else value
            for name, value in _given(projection=args.projection,
@@ -987,6 +988,11 @@ def build_parser():
                    help="k-means runs of the feature partition; the one that splits the "
                         "fewest nearest-neighbour pairs is kept (default: "
                         "SelfLabelClusterer's)")
+    m.add_argument("--partition-smoothing", type=_nonneg_int, default=None,
+                   metavar="T",
+                   help="steps of averaging the features over their 10 nearest neighbours "
+                        "before the feature partition; 0: the features themselves "
+                        "(default: SelfLabelClusterer's)")
     m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")

@@ -3,8 +3,8 @@
 Pure torch on tensors: the k-nearest-neighbour search behind the spectral
 partition (:mod:`sklearn_sela.spectral`), behind the neighbour-averaged
 self-labelling step (``SelfLabelClusterer(label_neighbors=k)``) and behind
-the choice among the feature partitions of ``SelfLabelClusterer``
-(``partition_n_init``). The
+the feature partition of ``SelfLabelClusterer`` (the averaging of
+``partition_smoothing`` and the choice of ``partition_n_init``). The
 ``(rows, N)`` similarity block of one matrix product is capped, so the
 memory stays bounded whatever ``N`` is; the products run on the features'
 device.
@@ -15,7 +15,12 @@ device.
 
 import torch
 
-__all__ = ["cosine_neighbors", "average_over_neighbors", "neighbor_agreement"]
+__all__ = [
+    "cosine_neighbors",
+    "average_over_neighbors",
+    "smooth_over_neighbors",
+    "neighbor_agreement",
+]
 
 # Entries of one similarity or gathered block: 2**25 float32, 128 MB.
 _BLOCK_ENTRIES = 1 << 25
@@ -93,6 +98,60 @@ def average_over_neighbors(probas, neighbors, out):
         mean.clamp_min_(torch.finfo(mean.dtype).tiny)
         out[start:start + step] = mean.log_().to(out.device)
     return out
+
+
+@torch.no_grad()
+def smooth_over_neighbors(features, neighbors, n_steps):
+    """Features averaged over the neighbourhood graph, ``n_steps`` times.
+
+    Each step replaces every sample's features by the weighted mean of its
+    own and those of the samples it is linked to in the symmetrised graph
+    ``I + (B + B.T) / 2``, with ``B`` the 0/1 adjacency of ``neighbors``:
+    weight 1 for itself and for a mutual neighbour, 1/2 where the relation
+    is one-sided. A low-pass filter on the graph: what neighbours share is
+    kept, what sets a sample apart from its neighbourhood fades.
+
+    Parameters
+    ----------
+    features : Tensor of shape (n_samples, n_features)
+        Samples.
+    neighbors : LongTensor of shape (n_samples, k)
+        Row ``i`` holds the indices of sample ``i``'s neighbours, itself
+        excluded (e.g. :func:`cosine_neighbors` with ``exclude_self=True``).
+    n_steps : int
+        Number of averaging steps; 0 returns ``features`` unchanged.
+
+    Returns
+    -------
+    smoothed : Tensor of shape (n_samples, n_features)
+        float32, on ``features``' device; a new tensor unless ``n_steps``
+        is 0.
+    """
+    if n_steps == 0:
+        return features
+    n, k = neighbors.shape
+    device = features.device
+    rows = torch.arange(n, device=device).repeat_interleave(k)
+    cols = neighbors.reshape(-1).to(device)
+    diag = torch.arange(n, device=device)
+    index = torch.cat(
+        [torch.stack([rows, cols]), torch.stack([cols, rows]), torch.stack([diag, diag])],
+        dim=1,
+    )
+    weight = torch.cat([
+        torch.full((2 * n * k,), 0.5, device=device), torch.ones(n, device=device)
+    ])
+    # coalesce() sums the two halves of a mutual pair into weight 1.
+    adj = torch.sparse_coo_tensor(index, weight, (n, n), check_invariants=True).coalesce()
+    index, weight = adj.indices(), adj.values()
+    degree = torch.zeros(n, device=device).index_add_(0, index[0], weight)
+    adj = torch.sparse_coo_tensor(
+        index, weight / degree[index[0]], (n, n), is_coalesced=True, check_invariants=False
+    )
+    x = features.float()
+    for _ in range(n_steps):
+        x = torch.sparse.mm(adj, x)
+    return x
 
 
 @torch.no_grad()

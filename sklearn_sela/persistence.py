@@ -43,10 +43,13 @@ samples instead::
         "labels": LongTensor (n_samples,)
       }
 
-Formats 1 to 6 are still read. They predate ``partition_n_init``: their
+Formats 1 to 7 are still read. They predate ``partition_smoothing``: their
+feature partitions come from the features themselves, and their models get
+``partition_smoothing=0`` (format 8 differs from 7 in that parameter only,
+so that an older sklearn-sela refuses a file whose parameters it does not
+know). Formats 1 to 6 also predate ``partition_n_init``: their
 feature partitions come from a single k-means run, and their models get
-``partition_n_init=1`` (format 7 differs from 6 in that parameter only, so that an older
-sklearn-sela refuses a file whose parameters it does not know). Formats 1
+``partition_n_init=1`` (format 7 differs from 6 in that parameter only). Formats 1
 to 5 also predate ``label_neighbors``: their
 models were trained with the paper's self-labelling step and get
 ``label_neighbors=1`` (format 6 differs from 5 in that parameter only, so
@@ -73,7 +76,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 7
+MODEL_FORMAT_VERSION = 8
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -362,6 +365,8 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         params.setdefault("label_neighbors", 1)
         # Formats 1 to 6 predate the choice among several partitions.
         params.setdefault("partition_n_init", 1)
+        # Formats 1 to 7 predate the neighbour-averaged partition.
+        params.setdefault("partition_smoothing", 0)
         partition = None
         if labels_from == "features":
             partition = _partition_from_state(state["partition"])

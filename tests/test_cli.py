@@ -229,7 +229,8 @@ def test_fit_head_options(tmp_path, capsys):
     runs = {
         "paper": ["--projection", "none", "--temperature", "none"],
         "custom": ["--projection", "16,8", "--temperature", "0.2", "--lam", "3",
-                   "--label-neighbors", "4", "--partition-inits", "3"],
+                   "--label-neighbors", "4", "--partition-inits", "3",
+                   "--partition-smoothing", "0"],
         "default": [],
     }
     for name, options in runs.items():
@@ -246,6 +247,8 @@ def test_fit_head_options(tmp_path, capsys):
     assert load_model(tmp_path / "custom" / "model.pt").net_.label_neighbors == 4
     assert params["custom"]["partition_n_init"] == 3
     assert params["default"]["partition_n_init"] == 10
+    assert params["custom"]["partition_smoothing"] == 0
+    assert params["default"]["partition_smoothing"] == 4
     module = load_model(tmp_path / "custom" / "model.pt").net_.module_
     assert module.embed_dim == 8 and module.temperature == 0.2
     assert load_model(tmp_path / "paper" / "model.pt").net_.lam == 25.0
@@ -600,7 +603,7 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
     est = SelfLabelClusterer(n_clusters=5, n_heads=1, max_epochs=1, batch_size=32,
                              labels_from="spectral", random_state=0).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
-    assert state["format_version"] == 7 and state["labels_from"] == "spectral"
+    assert state["format_version"] == 8 and state["labels_from"] == "spectral"
     assert tuple(state["partition"]["features"].shape) == est.transform(X).shape
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.labels_from_ == "spectral" and not hasattr(loaded, "feature_assigner_")
@@ -611,7 +614,7 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("version", [1, 2, 4, 5, 6])
+@pytest.mark.parametrize("version", [1, 2, 4, 5, 6, 7])
 def test_load_older_formats(digits_small, tmp_path, version):
     # Files written before the projection and cosine heads (formats 1, 2)
     # hold linear heads on the backbone features (lam 25): they load into
@@ -620,14 +623,17 @@ def test_load_older_formats(digits_small, tmp_path, version):
     # head, as when saved. Files written before the whitening (formats 1 to
     # 4) load with whiten=False: transform gives the raw features, as it did.
     # Formats 1 to 5 were trained with label_neighbors=1, and formats 1 to 6
-    # partitioned the features once (partition_n_init=1).
+    # partitioned the features once (partition_n_init=1); formats 1 to 7
+    # partitioned the features themselves (partition_smoothing=0).
     X, _ = digits_small
     linear = dict(projection=None, temperature=None, lam=25.0) if version < 3 else {}
     est = SelfLabelClusterer(n_clusters=4, n_heads=2, max_epochs=1, batch_size=32,
                              random_state=0, **linear).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
     params = json.loads(state["params"])
-    del params["partition_n_init"]
+    del params["partition_smoothing"]
+    if version < 7:
+        del params["partition_n_init"]
     if version < 6:
         del params["label_neighbors"]
     if version < 5:
@@ -642,7 +648,8 @@ def test_load_older_formats(digits_small, tmp_path, version):
     if version < 3:
         assert old.get_params()["projection"] is None
         assert old.get_params()["temperature"] is None
-    assert old.get_params()["partition_n_init"] == 1
+    assert old.get_params()["partition_smoothing"] == 0
+    assert old.get_params()["partition_n_init"] == (1 if version < 7 else est.partition_n_init)
     if version < 6:
         assert old.get_params()["label_neighbors"] == 1 and old.net_.label_neighbors == 1
     else:

@@ -20,7 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.callbacks import Callback
 
 from sklearn_sela import SelfLabelClusterer, SinkhornAssigner
-from sklearn_sela.neighbors import cosine_neighbors, neighbor_agreement
+from sklearn_sela.neighbors import cosine_neighbors, neighbor_agreement, smooth_over_neighbors
 from sklearn_sela.spectral import spectral_partition
 
 FAST = dict(max_epochs=3, batch_size=64, random_state=0)
@@ -437,9 +437,10 @@ def test_labels_from_features_partitions_the_learned_features(digits):
     X, y = digits
     X, Xnew, y = X[:300], X[300:], y[:300]
     # whiten=False: transform gives the features the partition saw. One
-    # run of the k-means (the choice among several: the next test).
+    # run of the k-means on the features themselves (the choice among
+    # several runs, and the neighbour averaging: the next tests).
     est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=1,
-                             **FAST).fit(X)
+                             partition_smoothing=0, **FAST).fit(X)
     assert est.labels_from_ == "features"
     F = est.transform(X)
     alone = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0).fit(F)
@@ -466,7 +467,7 @@ def test_partition_keeps_the_run_that_splits_fewest_neighbourhoods(digits):
     X, _ = digits
     fast = dict(FAST, random_state=3)  # a seed whose best run is clearly best
     est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=6,
-                             **fast).fit(X)
+                             partition_smoothing=0, **fast).fit(X)
     F = est.transform(X)
     runs = [SinkhornAssigner(n_clusters=10, metric="cosine", random_state=3 + i).fit(F)
             for i in range(6)]
@@ -483,6 +484,31 @@ def test_partition_keeps_the_run_that_splits_fewest_neighbourhoods(digits):
     one = clone(est).set_params(partition_n_init=1).fit(X)
     np.testing.assert_array_equal(one.labels_all_, est.labels_all_)
     np.testing.assert_array_equal(one.labels_, runs[0].labels_)
+
+
+def test_partition_smoothing_averages_the_features_over_their_neighbourhoods(digits):
+    # With partition_smoothing=t the k-means partitions the unit-length
+    # features averaged t times over the 10 nearest neighbours (searched on
+    # the centred features); new samples go to its centres by their own
+    # features. The training does not change.
+    X, _ = digits
+    X, Xnew = X[:300], X[300:]
+    est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=1,
+                             partition_smoothing=3, **FAST).fit(X)
+    F = torch.from_numpy(est.transform(X))
+    graph = cosine_neighbors(F - F.mean(dim=0), 30, exclude_self=True)[:, :10]
+    smoothed = smooth_over_neighbors(torch.nn.functional.normalize(F, dim=1), graph, 3)
+    alone = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0).fit(
+        smoothed.numpy())
+    np.testing.assert_array_equal(est.labels_, alone.labels_)
+    plain = clone(est).set_params(partition_smoothing=0).fit(X)
+    np.testing.assert_array_equal(plain.labels_all_, est.labels_all_)
+    assert not np.array_equal(plain.labels_, est.labels_)
+    # The averaged features split fewer neighbourhoods.
+    assert (neighbor_agreement(torch.from_numpy(est.labels_), graph)
+            > neighbor_agreement(torch.from_numpy(plain.labels_), graph))
+    np.testing.assert_allclose(est.predict_proba(Xnew),
+                               alone.transform(est.transform(Xnew)), rtol=1e-5, atol=1e-6)
 
 
 def test_labels_from_spectral_clusters_the_feature_graph(digits):

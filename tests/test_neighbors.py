@@ -4,7 +4,12 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 import sklearn_sela.neighbors as neighbors
-from sklearn_sela.neighbors import average_over_neighbors, cosine_neighbors, neighbor_agreement
+from sklearn_sela.neighbors import (
+    average_over_neighbors,
+    cosine_neighbors,
+    neighbor_agreement,
+    smooth_over_neighbors,
+)
 
 
 def _points(n=60, dim=6, seed=0):
@@ -62,3 +67,23 @@ def test_neighbor_agreement_counts_the_pairs_inside_clusters():
     neighbors = torch.tensor([[1, 4], [0, 2], [3, 0], [2, 4], [0, 3]])
     assert neighbor_agreement(labels, neighbors) == pytest.approx(4 / 10)
     assert neighbor_agreement(torch.zeros(5, dtype=torch.int64), neighbors) == 1.0
+
+
+def test_smooth_over_neighbors_averages_over_the_symmetrised_graph():
+    # 0 and 1 are each other's neighbours (weight 1); 2 points to 0 alone
+    # (weight 1/2 both ways); every sample also keeps itself (weight 1).
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [4.0, 4.0]])
+    neighbors = torch.tensor([[1], [0], [0]])
+    one = smooth_over_neighbors(x, neighbors, 1)
+    expected = torch.stack([
+        (x[0] + x[1] + 0.5 * x[2]) / 2.5,
+        (x[1] + x[0]) / 2.0,
+        (x[2] + 0.5 * x[0]) / 1.5,
+    ])
+    torch.testing.assert_close(one, expected)
+    torch.testing.assert_close(smooth_over_neighbors(x, neighbors, 2),
+                               smooth_over_neighbors(one, neighbors, 1))
+    assert smooth_over_neighbors(x, neighbors, 0) is x
+    # Constant features are a fixed point: the weights of each row sum to 1.
+    ones = torch.ones(3, 2)
+    torch.testing.assert_close(smooth_over_neighbors(ones, neighbors, 5), ones)
