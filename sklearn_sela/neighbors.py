@@ -100,6 +100,19 @@ def average_over_neighbors(probas, neighbors, out):
     return out
 
 
+def _symmetric_adjacency(neighbors):
+    """``(B + B.T) / 2`` for the 0/1 adjacency ``B`` of ``neighbors`` (n, k):
+    a coalesced sparse (n, n) tensor, 1 where the relation is mutual, 1/2
+    where it is one-sided."""
+    n, k = neighbors.shape
+    rows = torch.arange(n, device=neighbors.device).repeat_interleave(k)
+    cols = neighbors.reshape(-1)
+    index = torch.cat([torch.stack([rows, cols]), torch.stack([cols, rows])], dim=1)
+    weight = torch.full((2 * n * k,), 0.5, device=neighbors.device)
+    # coalesce() sums the two halves of a mutual pair into weight 1.
+    return torch.sparse_coo_tensor(index, weight, (n, n), check_invariants=True).coalesce()
+
+
 @torch.no_grad()
 def smooth_over_neighbors(features, neighbors, n_steps):
     """Features averaged over the neighbourhood graph, ``n_steps`` times.
@@ -129,20 +142,13 @@ def smooth_over_neighbors(features, neighbors, n_steps):
     """
     if n_steps == 0:
         return features
-    n, k = neighbors.shape
+    n = neighbors.shape[0]
     device = features.device
-    rows = torch.arange(n, device=device).repeat_interleave(k)
-    cols = neighbors.reshape(-1).to(device)
     diag = torch.arange(n, device=device)
-    index = torch.cat(
-        [torch.stack([rows, cols]), torch.stack([cols, rows]), torch.stack([diag, diag])],
-        dim=1,
+    eye = torch.sparse_coo_tensor(
+        torch.stack([diag, diag]), torch.ones(n, device=device), (n, n), check_invariants=False
     )
-    weight = torch.cat([
-        torch.full((2 * n * k,), 0.5, device=device), torch.ones(n, device=device)
-    ])
-    # coalesce() sums the two halves of a mutual pair into weight 1.
-    adj = torch.sparse_coo_tensor(index, weight, (n, n), check_invariants=True).coalesce()
+    adj = (_symmetric_adjacency(neighbors.to(device)) + eye).coalesce()
     index, weight = adj.indices(), adj.values()
     degree = torch.zeros(n, device=device).index_add_(0, index[0], weight)
     adj = torch.sparse_coo_tensor(

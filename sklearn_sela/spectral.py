@@ -30,7 +30,7 @@ from scipy.sparse.linalg import lobpcg
 from sklearn.cluster import KMeans
 from sklearn.utils import check_array, check_random_state
 
-from .neighbors import cosine_neighbors
+from .neighbors import _symmetric_adjacency, cosine_neighbors
 
 __all__ = ["knn_graph", "spectral_partition"]
 
@@ -72,10 +72,9 @@ def _knn_graph(features, n_neighbors):
         raise ValueError(
             f"n_neighbors={n_neighbors} must be in [1, n_samples - 1] = [1, {n - 1}]."
         )
-    cols = cosine_neighbors(x, n_neighbors, exclude_self=True).numpy().ravel()
-    indptr = np.arange(0, n * n_neighbors + 1, n_neighbors)
-    adj = sp.csr_matrix((np.ones(n * n_neighbors), cols, indptr), shape=(n, n))
-    return ((adj + adj.T) * 0.5).tocsr()
+    adj = _symmetric_adjacency(cosine_neighbors(x, n_neighbors, exclude_self=True))
+    rows, cols = adj.indices().numpy()
+    return sp.csr_matrix((adj.values().double().numpy(), (rows, cols)), shape=(n, n))
 
 
 def spectral_partition(features, n_clusters, *, n_neighbors=10, random_state=None):
