@@ -171,6 +171,14 @@ class SelfLabelNet(NeuralNet):
         self.label_seed = label_seed
         self.label_neighbors = label_neighbors
 
+    # skorch pickles the attributes with these prefixes through torch.load
+    # with a map_location, so that a net trained on CUDA loads where CUDA is
+    # missing; it adds module_, criterion_ and optimizer_ itself. The module
+    # parameter belongs with them: given as an instance, it is the very
+    # module that training moved to the device, and pickled plainly its
+    # storages keep their "cuda:0" tag.
+    cuda_dependent_attributes_ = ["module"]
+
     # -- labels -----------------------------------------------------------
     def init_labels(self, n_samples):
         """Start from a random equipartition of ``n_samples`` for each head."""

@@ -380,15 +380,29 @@ def test_pickle_round_trip(digits, tmp_path, dump):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="simulates a machine without CUDA")
-def test_pickle_from_cuda_loads_on_cpu_only_machine(digits):
+def test_pickle_from_cuda_loads_on_cpu_only_machine(digits, monkeypatch):
     X, _ = digits
     est = SelfLabelClusterer(n_clusters=5, **FAST).fit(X)
     expected = est.predict(X)
-    # As if fitted with device="cuda": skorch maps the tensors to the CPU and
-    # falls back to device "cpu" when it is unpickled where CUDA is missing.
-    est.net_.device = "cuda"
+    # As if fitted with device="cuda": the storages that training moves to
+    # the device (the network's weights and buffers, the optimizer's state)
+    # are pickled with the tag "cuda:0", which torch refuses to load where
+    # CUDA is missing unless given a map_location. skorch maps the attributes
+    # it knows to the CPU and falls back to device "cpu"; a copy of those
+    # storages under any other attribute fails the load.
+    net = est.net_
+    moved = [*net.module_.parameters(), *net.module_.buffers()] + [
+        v for s in net.optimizer_.state.values() for v in s.values() if torch.is_tensor(v)
+    ]
+    on_device = {t.untyped_storage().data_ptr() for t in moved}
+    tag = torch.serialization.location_tag
+    net.device = "cuda"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag",
+                      lambda s: "cuda:0" if s.data_ptr() in on_device else tag(s))
+        data = pickle.dumps(est)
     with pytest.warns(UserWarning, match="CUDA"):
-        est2 = pickle.loads(pickle.dumps(est))
+        est2 = pickle.loads(data)
     assert str(est2.net_.device) == "cpu"
     np.testing.assert_array_equal(est2.predict(X), expected)
 
