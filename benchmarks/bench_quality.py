@@ -22,6 +22,12 @@ say otherwise) and reports, against the true classes:
 next to KMeans (K=10, n_init=10) on the raw pixels, whose kNN / probe use
 the raw pixels as features, measured in the same run.
 
+With ``--save-models DIR``, each fit of the main table is also written to
+``DIR/{dataset}_seed{seed}.pt`` (:func:`sklearn_sela.persistence.save_model`),
+so that later screens of the partition can read the very fits whose rows
+were published (``load_model(path).transform(X)``, ``whiten=False`` for the
+features that ``labels_`` partitions).
+
 Evaluation splits: Fashion-MNIST trains on (a subset of) the training split
 and the kNN / probe classify the test split (a subset of it with
 ``--subset``: ``max(1000, subset // 6)`` images) from the training features.
@@ -37,6 +43,7 @@ Usage::
     python benchmarks/bench_quality.py --dataset fashion --ablations --grid 10:1 50:1 \\
         --label-updates 0
     python benchmarks/bench_quality.py --dataset digits --param lr=0.1 --param batch_size=128
+    python benchmarks/bench_quality.py --dataset fashion --seeds 0 --save-models fits/
 """
 
 import argparse
@@ -61,6 +68,7 @@ from _common import (  # noqa: E402
 )
 
 from sklearn_sela import SelfLabelClusterer  # noqa: E402
+from sklearn_sela.persistence import save_model  # noqa: E402
 from sklearn_sela.spectral import spectral_partition  # noqa: E402
 
 HEAD_LABELS = "SelfLabelClusterer, head 0 self-labels"
@@ -188,6 +196,9 @@ def main_table(args, params):
             rows.append(row)
             print(row, f"epochs={model.n_epochs_}", f"labels_from_={model.labels_from_}",
                   flush=True)
+            if args.save_models:
+                print("saved", save_model(model, os.path.join(
+                    args.save_models, f"{name}_seed{seed}.pt")), flush=True)
             if model.labels_from_ != "head":
                 rows.append(head_row(row, model, ytr))
                 rows[-1][1] = HEAD_LABELS
@@ -278,6 +289,8 @@ def main(argv=None):
     p.add_argument("--label-updates", nargs="*", default=[0, "auto"], metavar="M",
                    help="ablation n_label_updates values (default: 0 auto)")
     p.add_argument("--no-kmeans", action="store_true")
+    p.add_argument("--save-models", metavar="DIR", default=None,
+                   help="also save each fit of the main table to DIR (created if missing)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -288,6 +301,8 @@ def main(argv=None):
     if args.max_epochs is not None:
         params["max_epochs"] = int(args.max_epochs)
     params.update(_parse_param(t) for t in args.param)
+    if args.save_models:
+        os.makedirs(args.save_models, exist_ok=True)
     print(machine_info())
     print(f"params: {params}", flush=True)
     if args.ablations:
