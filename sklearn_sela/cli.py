@@ -602,7 +602,8 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         **_given(batch_size=args.batch_size, n_heads=args.heads, lam=args.lam,
                  label_neighbors=args.label_neighbors,
                  partition_n_init=args.partition_inits,
-                 partition_smoothing=args.partition_smoothing),
+                 partition_smoothing=args.partition_smoothing,
+                 partition_views=args.partition_views),
         # "none" asks for the paper's linear heads on the backbone features.
         **{name: None if value == "none" else value
            for name, value in _given(projection=args.projection,
@@ -993,6 +994,10 @@ def build_parser():
                    help="steps of averaging the features over their 10 nearest neighbours "
                         "before the feature partition; 0: the features themselves "
                         "(default: SelfLabelClusterer's)")
+    m.add_argument("--partition-views", type=_nonneg_int, default=None, metavar="V",
+                   help="randomly augmented views of each training image whose features "
+                        "are averaged for the feature partition; 0: the images without "
+                        "augmentation (default: SelfLabelClusterer's)")
     m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")

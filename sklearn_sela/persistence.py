@@ -8,11 +8,11 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 7``)::
+Layout of the archive (``"format_version": 9``)::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 7,
+      "format_version": 9,
       "library_version": "0.1.0",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
@@ -43,11 +43,14 @@ samples instead::
         "labels": LongTensor (n_samples,)
       }
 
-Formats 1 to 7 are still read. They predate ``partition_smoothing``: their
+Formats 1 to 8 are still read. They predate ``partition_views``: their
+feature partitions come from the features without augmentation, and their
+models get ``partition_views=0`` (format 9 differs from 8 in that parameter
+only, so that an older sklearn-sela refuses a file whose parameters it does
+not know). Formats 1 to 7 also predate ``partition_smoothing``: their
 feature partitions come from the features themselves, and their models get
-``partition_smoothing=0`` (format 8 differs from 7 in that parameter only,
-so that an older sklearn-sela refuses a file whose parameters it does not
-know). Formats 1 to 6 also predate ``partition_n_init``: their
+``partition_smoothing=0`` (format 8 differs from 7 in that parameter
+only). Formats 1 to 6 also predate ``partition_n_init``: their
 feature partitions come from a single k-means run, and their models get
 ``partition_n_init=1`` (format 7 differs from 6 in that parameter only). Formats 1
 to 5 also predate ``label_neighbors``: their
@@ -76,7 +79,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 8
+MODEL_FORMAT_VERSION = 9
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -367,6 +370,8 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         params.setdefault("partition_n_init", 1)
         # Formats 1 to 7 predate the neighbour-averaged partition.
         params.setdefault("partition_smoothing", 0)
+        # Formats 1 to 8 predate the partition of view-averaged features.
+        params.setdefault("partition_views", 0)
         partition = None
         if labels_from == "features":
             partition = _partition_from_state(state["partition"])

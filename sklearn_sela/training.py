@@ -249,28 +249,37 @@ class SelfLabelNet(NeuralNet):
         return buffer
 
     @torch.no_grad()
-    def training_features(self, dataset):
-        """Backbone features of every training sample, without augmentation.
+    def training_features(self, dataset, n_views=0):
+        """Backbone features of every training sample.
 
-        Returns an ``(N, D)`` float32 CPU tensor in sample order: what
-        ``transform`` gives for the training data (an
+        Returns an ``(N, D)`` float32 CPU tensor in sample order. With
+        ``n_views=0``, the features without augmentation: what ``transform``
+        gives for the training data (an
         :class:`~sklearn_sela.data.AugmentedDataset` is read without its
-        transform, whatever ``augment_labels`` says). Under
-        ``torch.distributed`` each rank computes its shard and the rows are
-        all-gathered, so every rank holds the same matrix.
+        transform, whatever ``augment_labels`` says). With ``n_views > 0``,
+        the mean over that many passes through ``dataset`` as it is, each
+        with its own random augmentation, of the features scaled to unit
+        length. Under ``torch.distributed`` each rank computes its shard and
+        the rows are all-gathered, so every rank holds the same matrix.
         """
-        if isinstance(dataset, AugmentedDataset):
+        if isinstance(dataset, AugmentedDataset) and not n_views:
             dataset = AugmentedDataset(dataset.base, None)
         n = len(self.labels_)
-        dim = unwrap_module(self.module_).feature_dim
+        lo, hi = 0, n
         group = get_process_group()
-        if group is None:
-            return self.features_into(dataset, torch.empty((n, dim)))
-        lo, hi = shard_bounds(n, get_world_size(group), get_rank(group))
-        local = self.features_into(
-            Subset(dataset, range(lo, hi)), torch.empty((hi - lo, dim)), lo
-        )
-        return all_gather_rows(local, group).cpu()
+        if group is not None:
+            lo, hi = shard_bounds(n, get_world_size(group), get_rank(group))
+            dataset = Subset(dataset, range(lo, hi))
+        dim = unwrap_module(self.module_).feature_dim
+        if not n_views:
+            local = self.features_into(dataset, torch.empty((hi - lo, dim)), lo)
+        else:
+            local, view = torch.zeros((hi - lo, dim)), torch.empty((hi - lo, dim))
+            for _ in range(n_views):
+                self.features_into(dataset, view, lo)
+                local += torch.nn.functional.normalize(view, dim=1)
+            local /= n_views
+        return local if group is None else all_gather_rows(local, group).cpu()
 
     def head_log_probas(self, dataset, shard=None, device="cpu", features_out=None):
         """Yield ``(t, log-probabilities)`` of each head for ``dataset``.

@@ -73,8 +73,9 @@ def test_label_pass_sees_augmentation_only_when_asked(digits, augment_labels):
         augment=aug, augment_labels=augment_labels, random_state=0,
     ).fit(X)
     assert est.net_.label_updates_ == 2
-    # 2 training epochs over the 400 samples, plus 2 label passes if asked.
-    assert aug.calls == 2 * len(X) + (2 * len(X) if augment_labels else 0)
+    # 2 training epochs over the 400 samples, plus 2 label passes if asked,
+    # plus the 8 augmented views of the partition (partition_views).
+    assert aug.calls == (2 + 8) * len(X) + (2 * len(X) if augment_labels else 0)
 
 
 def test_label_dataset_drops_only_the_transform(digits):
@@ -523,6 +524,73 @@ def test_partition_smoothing_averages_the_features_over_their_neighbourhoods(dig
             > neighbor_agreement(torch.from_numpy(plain.labels_), graph))
     np.testing.assert_allclose(est.predict_proba(Xnew),
                                alone.transform(est.transform(Xnew)), rtol=1e-5, atol=1e-6)
+
+
+def test_training_features_average_unit_features_over_augmented_views(digits):
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+
+    X, _ = digits
+    net = SelfLabelClusterer(n_clusters=5, **FAST).fit(X).net_
+    train = AugmentedDataset(as_dataset(X)[0], lambda x: x + torch.randn_like(x))
+    clean = net.training_features(train)  # the transform is left out
+    np.testing.assert_array_equal(clean, net.training_features(AugmentedDataset(train.base)))
+    torch.manual_seed(7)
+    views = net.training_features(train, n_views=3)
+    # The same three passes by hand: each with its own random augmentation,
+    # scaled to unit length, then averaged.
+    torch.manual_seed(7)
+    expected = sum(
+        torch.nn.functional.normalize(net.features_into(train, torch.empty(clean.shape)), dim=1)
+        for _ in range(3)
+    ) / 3
+    np.testing.assert_allclose(views, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(views, torch.nn.functional.normalize(clean, dim=1), atol=1e-2)
+    # A transform that draws nothing gives each sample's unit features back.
+    shifted = AugmentedDataset(train.base, lambda x: x + 1.0)
+    np.testing.assert_allclose(
+        net.training_features(shifted, n_views=2),
+        torch.nn.functional.normalize(net.features_into(shifted, torch.empty(clean.shape)), dim=1),
+        rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_partition_views_partition_features_averaged_over_augmented_views(
+    digit_images, monkeypatch
+):
+    # With partition_views=v the feature partition reads the training
+    # features averaged over v augmented views of each image; new samples
+    # go to its centres by their own features. The training does not change.
+    from sklearn_sela.training import SelfLabelNet
+
+    X, Xnew = digit_images[:300], digit_images[300:]
+    seen = []
+    training_features = SelfLabelNet.training_features
+
+    def spy(net, dataset, n_views=0):
+        out = training_features(net, dataset, n_views)
+        seen.append((n_views, dataset.transform is not None, out.clone()))
+        return out
+
+    monkeypatch.setattr(SelfLabelNet, "training_features", spy)
+    params = dict(n_clusters=10, n_heads=2, whiten=False, partition_n_init=1,
+                  partition_smoothing=0, **FAST)
+    est = SelfLabelClusterer(partition_views=2, **params).fit(X)
+    (_, _, clean), (n_views, augmented, views) = seen
+    assert (n_views, augmented) == (2, True)
+    np.testing.assert_allclose(clean, est.transform(X), rtol=1e-5, atol=1e-6)
+    alone = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0).fit(views.numpy())
+    np.testing.assert_array_equal(est.labels_, alone.labels_)
+    np.testing.assert_allclose(est.predict_proba(Xnew),
+                               alone.transform(est.transform(Xnew)), rtol=1e-5, atol=1e-6)
+    seen.clear()
+    plain = SelfLabelClusterer(partition_views=0, **params).fit(X)
+    assert [n for n, _, _ in seen] == [0]
+    np.testing.assert_array_equal(plain.labels_all_, est.labels_all_)
+    assert not np.array_equal(plain.labels_, est.labels_)
+    # Without augmentation every view would be the image itself: no passes.
+    seen.clear()
+    SelfLabelClusterer(partition_views=2, augment=None, **params).fit(X)
+    assert [n for n, _, _ in seen] == [0]
 
 
 def test_labels_from_spectral_clusters_the_feature_graph(digits):
