@@ -603,7 +603,8 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
                  label_neighbors=args.label_neighbors,
                  partition_n_init=args.partition_inits,
                  partition_smoothing=args.partition_smoothing,
-                 partition_views=args.partition_views),
+                 partition_views=args.partition_views,
+                 partition_spectral=False if args.no_partition_spectral else None),
         # "none" asks for the paper's linear heads on the backbone features.
         **{name: None if value == "none" else value
            for name, value in _given(projection=args.projection,
@@ -998,6 +999,10 @@ def build_parser():
                    help="randomly augmented views of each training image whose features "
                         "are averaged for the feature partition; 0: the images without "
                         "augmentation (default: SelfLabelClusterer's)")
+    m.add_argument("--no-partition-spectral", action="store_true",
+                   help="keep the feature partition as the k-means finds it, without "
+                        "refining it in the spectral embedding of the features' "
+                        "10-NN graph")
     m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")

@@ -8,11 +8,11 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 9``)::
+Layout of the archive (``"format_version": 10``)::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 9,
+      "format_version": 10,
       "library_version": "0.1.0",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
@@ -28,7 +28,8 @@ Layout of the archive (``"format_version": 9``)::
       "partition": {                               # None with "head"
         "params": "<JSON of the SinkhornAssigner's get_params()>",
         "cluster_centers": Tensor (K, D), "log_beta": Tensor (K,),
-        "labels": LongTensor (n_samples,),
+        "labels": LongTensor (n_samples,),        # the assigner's labels_
+        "partition_labels": LongTensor (n_samples,),  # the estimator's labels_
         "inertia": float, "temperature": float, "n_iter": int,
         "n_features_in": int
       }
@@ -43,7 +44,11 @@ samples instead::
         "labels": LongTensor (n_samples,)
       }
 
-Formats 1 to 8 are still read. They predate ``partition_views``: their
+Formats 1 to 9 are still read. They predate ``partition_spectral``: their
+feature partitions were not refined in the spectral embedding, their
+``labels_`` are the assigner's ``labels``, and their models get
+``partition_spectral=False`` (format 10 adds that parameter and
+``partition_labels``). Formats 1 to 8 also predate ``partition_views``: their
 feature partitions come from the features without augmentation, and their
 models get ``partition_views=0`` (format 9 differs from 8 in that parameter
 only, so that an older sklearn-sela refuses a file whose parameters it does
@@ -79,7 +84,7 @@ import torch
 __all__ = ["save_model", "load_model", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 9
+MODEL_FORMAT_VERSION = 10
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -99,6 +104,9 @@ def _jsonable(value):
         return float(value)
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        # e.g. the initial centres of a refined feature partition
+        return value.tolist()
     raise TypeError(type(value).__name__)
 
 
@@ -123,6 +131,10 @@ def _partition_state(est):
         "cluster_centers": torch.as_tensor(sa.cluster_centers_),
         "log_beta": torch.as_tensor(sa.log_beta_),
         "labels": torch.as_tensor(sa.labels_, dtype=torch.int64),
+        # labels_ itself: the partition refined in the spectral embedding
+        # (partition_spectral), which the assigner's own assignment of the
+        # training samples need not reproduce.
+        "partition_labels": torch.as_tensor(est.labels_, dtype=torch.int64),
         "inertia": float(sa.inertia_),
         "temperature": float(sa.temperature_),
         "n_iter": int(sa.n_iter_),
@@ -372,6 +384,8 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         params.setdefault("partition_smoothing", 0)
         # Formats 1 to 8 predate the partition of view-averaged features.
         params.setdefault("partition_views", 0)
+        # Formats 1 to 9 predate the refinement in the spectral embedding.
+        params.setdefault("partition_spectral", False)
         partition = None
         if labels_from == "features":
             partition = _partition_from_state(state["partition"])
@@ -425,7 +439,9 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     est.labels_from_ = labels_from
     if labels_from == "features":
         est.feature_assigner_ = partition
-        est.labels_ = partition.labels_.copy()
+        # Formats 1 to 9 have no refinement: labels_ is the assigner's.
+        part = state["partition"]
+        est.labels_ = part.get("partition_labels", part["labels"]).numpy().copy()
     elif labels_from == "spectral":
         est.feature_classifier_ = partition
         est.labels_ = state["partition"]["labels"].numpy().copy()

@@ -4,8 +4,11 @@ The partition behind ``SelfLabelClusterer(labels_from="spectral")``: the
 cosine k-nearest-neighbour graph of the features, symmetrised, and the
 normalised spectral clustering of Ng, Jordan and Weiss (2001) on it -- the
 leading eigenvectors of ``D^-1/2 A D^-1/2``, rows scaled to unit length,
-then k-means. Pure numerics on numpy / torch / scipy arrays (the
-neighbour search is :func:`sklearn_sela.neighbors.cosine_neighbors`).
+then k-means. The same embedding, of a neighbour graph already searched
+(:func:`neighbor_spectral_embedding`), is where
+``SelfLabelClusterer(partition_spectral=True)`` refines its balanced
+partition. Pure numerics on numpy / torch / scipy arrays (the neighbour
+search is :func:`sklearn_sela.neighbors.cosine_neighbors`).
 
 Why not :class:`sklearn.cluster.SpectralClustering`: it builds the graph
 with a tree or a dense distance matrix, and its default ARPACK eigensolver
@@ -32,7 +35,7 @@ from sklearn.utils import check_array, check_random_state
 
 from .neighbors import _symmetric_adjacency, cosine_neighbors
 
-__all__ = ["knn_graph", "spectral_partition"]
+__all__ = ["knn_graph", "neighbor_spectral_embedding", "spectral_partition"]
 
 # Below this many samples a dense eigendecomposition is fast, and LOBPCG
 # needs several times more samples than vectors.
@@ -72,9 +75,78 @@ def _knn_graph(features, n_neighbors):
         raise ValueError(
             f"n_neighbors={n_neighbors} must be in [1, n_samples - 1] = [1, {n - 1}]."
         )
-    adj = _symmetric_adjacency(cosine_neighbors(x, n_neighbors, exclude_self=True))
+    return _neighbor_graph(cosine_neighbors(x, n_neighbors, exclude_self=True))
+
+
+def _neighbor_graph(neighbors):
+    """The symmetrised graph of a neighbour array, as a scipy CSR matrix."""
+    n = neighbors.shape[0]
+    adj = _symmetric_adjacency(neighbors.cpu())
     rows, cols = adj.indices().numpy()
     return sp.csr_matrix((adj.values().double().numpy(), (rows, cols)), shape=(n, n))
+
+
+def neighbor_spectral_embedding(neighbors, n_components, *, random_state=None):
+    """Spectral embedding of a nearest-neighbour graph, rows of unit length.
+
+    The ``n_components`` leading eigenvectors of the normalised adjacency
+    ``D^-1/2 A D^-1/2`` of the symmetrised graph ``A = (B + B.T) / 2``
+    (``B`` the 0/1 adjacency of ``neighbors``), each sample's row scaled to
+    unit length: the embedding that :func:`spectral_partition` clusters
+    (Ng, Jordan and Weiss, 2001). Samples that the graph links closely get
+    nearby rows, however far apart they lie in the space the graph was
+    built in.
+
+    Parameters
+    ----------
+    neighbors : array-like or torch.Tensor of shape (n_samples, n_neighbors)
+        Indices of each sample's nearest neighbours, itself excluded (e.g.
+        from :func:`~sklearn_sela.neighbors.cosine_neighbors` with
+        ``exclude_self=True``).
+    n_components : int
+        Number of eigenvectors, in ``[1, n_samples]``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the eigensolver's start vectors.
+
+    Returns
+    -------
+    embedding : ndarray of shape (n_samples, n_components)
+        float32 rows of unit length.
+    """
+    neighbors = torch.as_tensor(neighbors)
+    n = neighbors.shape[0]
+    if neighbors.ndim != 2 or not 1 <= neighbors.shape[1] < n:
+        raise ValueError(
+            f"neighbors must be an (n_samples, n_neighbors) index array with "
+            f"1 <= n_neighbors < n_samples, got shape {tuple(neighbors.shape)}."
+        )
+    if not 1 <= n_components <= n:
+        raise ValueError(
+            f"n_components={n_components} must be in [1, n_samples] = [1, {n}]."
+        )
+    vectors = _leading_eigenvectors(
+        _neighbor_graph(neighbors), n_components, check_random_state(random_state)
+    )
+    return vectors.astype(np.float32)
+
+
+def _leading_eigenvectors(graph, k, rng):
+    """The ``k`` leading eigenvectors of the normalised adjacency of
+    ``graph``, rows scaled to unit length (float64)."""
+    n = graph.shape[0]
+    d = 1.0 / np.sqrt(np.asarray(graph.sum(axis=1)).ravel())
+    norm_adj = sp.diags(d) @ graph @ sp.diags(d)
+    block = k + _EXTRA_VECTORS
+    if n < max(_DENSE_BELOW, 5 * block):
+        _, vectors = np.linalg.eigh(norm_adj.toarray())
+    else:
+        values, vectors = lobpcg(
+            norm_adj, rng.normal(size=(n, block)), largest=True, tol=1e-5, maxiter=2000
+        )
+        vectors = vectors[:, np.argsort(values)]
+    vectors = vectors[:, -k:]
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors
 
 
 def spectral_partition(features, n_clusters, *, n_neighbors=10, random_state=None):
@@ -103,19 +175,7 @@ def spectral_partition(features, n_clusters, *, n_neighbors=10, random_state=Non
         raise ValueError(
             f"n_clusters={n_clusters} must be in [1, n_samples] = [1, {n}]."
         )
-    graph = _knn_graph(features, n_neighbors)
     rng = check_random_state(random_state)
-    d = 1.0 / np.sqrt(np.asarray(graph.sum(axis=1)).ravel())
-    norm_adj = sp.diags(d) @ graph @ sp.diags(d)
-    block = n_clusters + _EXTRA_VECTORS
-    if n < max(_DENSE_BELOW, 5 * block):
-        _, vectors = np.linalg.eigh(norm_adj.toarray())
-    else:
-        values, vectors = lobpcg(
-            norm_adj, rng.normal(size=(n, block)), largest=True, tol=1e-5, maxiter=2000
-        )
-        vectors = vectors[:, np.argsort(values)]
-    vectors = vectors[:, -n_clusters:]
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    vectors = _leading_eigenvectors(_knn_graph(features, n_neighbors), n_clusters, rng)
     km = KMeans(n_clusters, n_init=10, random_state=rng.randint(np.iinfo(np.int32).max))
     return km.fit_predict(vectors)

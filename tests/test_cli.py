@@ -230,7 +230,8 @@ def test_fit_head_options(tmp_path, capsys):
         "paper": ["--projection", "none", "--temperature", "none"],
         "custom": ["--projection", "16,8", "--temperature", "0.2", "--lam", "3",
                    "--label-neighbors", "4", "--partition-inits", "3",
-                   "--partition-smoothing", "0", "--partition-views", "2"],
+                   "--partition-smoothing", "0", "--partition-views", "2",
+                   "--no-partition-spectral"],
         "default": [],
     }
     for name, options in runs.items():
@@ -252,6 +253,8 @@ def test_fit_head_options(tmp_path, capsys):
     assert params["custom"]["partition_views"] == 2
     assert params["default"]["partition_views"] == 8
     assert load_model(tmp_path / "custom" / "model.pt").partition_views == 2
+    assert params["custom"]["partition_spectral"] is False
+    assert params["default"]["partition_spectral"] == "auto"
     module = load_model(tmp_path / "custom" / "model.pt").net_.module_
     assert module.embed_dim == 8 and module.temperature == 0.2
     assert load_model(tmp_path / "paper" / "model.pt").net_.lam == 25.0
@@ -606,7 +609,7 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
     est = SelfLabelClusterer(n_clusters=5, n_heads=1, max_epochs=1, batch_size=32,
                              labels_from="spectral", random_state=0).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
-    assert state["format_version"] == 9 and state["labels_from"] == "spectral"
+    assert state["format_version"] == 10 and state["labels_from"] == "spectral"
     assert tuple(state["partition"]["features"].shape) == est.transform(X).shape
     loaded = load_model(tmp_path / "m.pt")
     assert loaded.labels_from_ == "spectral" and not hasattr(loaded, "feature_assigner_")
@@ -617,7 +620,7 @@ def test_save_load_roundtrip_spectral(digits_small, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("version", [1, 2, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("version", [1, 2, 4, 5, 6, 7, 8, 9])
 def test_load_older_formats(digits_small, tmp_path, version):
     # Files written before the projection and cosine heads (formats 1, 2)
     # hold linear heads on the backbone features (lam 25): they load into
@@ -628,14 +631,21 @@ def test_load_older_formats(digits_small, tmp_path, version):
     # Formats 1 to 5 were trained with label_neighbors=1, and formats 1 to 6
     # partitioned the features once (partition_n_init=1); formats 1 to 7
     # partitioned the features themselves (partition_smoothing=0); formats
-    # 1 to 8 partitioned the features without augmentation (partition_views=0).
+    # 1 to 8 partitioned the features without augmentation (partition_views=0);
+    # formats 1 to 9 kept the k-means partition (partition_spectral=False),
+    # whose labels_ are the assigner's.
     X, _ = digits_small
     linear = dict(projection=None, temperature=None, lam=25.0) if version < 3 else {}
     est = SelfLabelClusterer(n_clusters=4, n_heads=2, max_epochs=1, batch_size=32,
                              random_state=0, **linear).fit(X)
     state = torch.load(save_model(est, tmp_path / "m.pt"), weights_only=True)
     params = json.loads(state["params"])
-    del params["partition_views"]
+    del params["partition_spectral"]
+    if state["partition"] is not None:
+        # The older files' labels_ were the assigner's own.
+        state["partition"]["labels"] = state["partition"].pop("partition_labels")
+    if version < 9:
+        del params["partition_views"]
     if version < 8:
         del params["partition_smoothing"]
     if version < 7:
@@ -654,7 +664,10 @@ def test_load_older_formats(digits_small, tmp_path, version):
     if version < 3:
         assert old.get_params()["projection"] is None
         assert old.get_params()["temperature"] is None
-    assert old.get_params()["partition_views"] == 0
+    assert old.get_params()["partition_spectral"] is False
+    assert old.get_params()["partition_views"] == (0 if version < 9 else est.partition_views)
+    if version > 1:
+        np.testing.assert_array_equal(old.labels_, est.labels_)
     assert old.get_params()["partition_smoothing"] == (0 if version < 8 else est.partition_smoothing)
     assert old.get_params()["partition_n_init"] == (1 if version < 7 else est.partition_n_init)
     if version < 6:

@@ -21,7 +21,7 @@ from skorch.callbacks import Callback
 
 from sklearn_sela import SelfLabelClusterer, SinkhornAssigner
 from sklearn_sela.neighbors import cosine_neighbors, neighbor_agreement, smooth_over_neighbors
-from sklearn_sela.spectral import spectral_partition
+from sklearn_sela.spectral import neighbor_spectral_embedding, spectral_partition
 
 FAST = dict(max_epochs=3, batch_size=64, random_state=0)
 
@@ -455,7 +455,7 @@ def test_labels_from_features_partitions_the_learned_features(digits):
     # run of the k-means on the features themselves (the choice among
     # several runs, and the neighbour averaging: the next tests).
     est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=1,
-                             partition_smoothing=0, **FAST).fit(X)
+                             partition_smoothing=0, partition_spectral=False, **FAST).fit(X)
     assert est.labels_from_ == "features"
     F = est.transform(X)
     alone = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=0).fit(F)
@@ -482,7 +482,7 @@ def test_partition_keeps_the_run_that_splits_fewest_neighbourhoods(digits):
     X, _ = digits
     fast = dict(FAST, random_state=3)  # a seed whose best run is clearly best
     est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=6,
-                             partition_smoothing=0, **fast).fit(X)
+                             partition_smoothing=0, partition_spectral=False, **fast).fit(X)
     F = est.transform(X)
     runs = [SinkhornAssigner(n_clusters=10, metric="cosine", random_state=3 + i).fit(F)
             for i in range(6)]
@@ -509,7 +509,7 @@ def test_partition_smoothing_averages_the_features_over_their_neighbourhoods(dig
     X, _ = digits
     X, Xnew = X[:300], X[300:]
     est = SelfLabelClusterer(n_clusters=10, n_heads=2, whiten=False, partition_n_init=1,
-                             partition_smoothing=3, **FAST).fit(X)
+                             partition_smoothing=3, partition_spectral=False, **FAST).fit(X)
     F = torch.from_numpy(est.transform(X))
     graph = cosine_neighbors(F - F.mean(dim=0), 30, exclude_self=True)[:, :10]
     smoothed = smooth_over_neighbors(torch.nn.functional.normalize(F, dim=1), graph, 3)
@@ -573,7 +573,7 @@ def test_partition_views_partition_features_averaged_over_augmented_views(
 
     monkeypatch.setattr(SelfLabelNet, "training_features", spy)
     params = dict(n_clusters=10, n_heads=2, whiten=False, partition_n_init=1,
-                  partition_smoothing=0, **FAST)
+                  partition_smoothing=0, partition_spectral=False, **FAST)
     est = SelfLabelClusterer(partition_views=2, **params).fit(X)
     (_, _, clean), (n_views, augmented, views) = seen
     assert (n_views, augmented) == (2, True)
@@ -591,6 +591,94 @@ def test_partition_views_partition_features_averaged_over_augmented_views(
     seen.clear()
     SelfLabelClusterer(partition_views=2, augment=None, **params).fit(X)
     assert [n for n, _, _ in seen] == [0]
+    # Refined in the spectral embedding of the views' graph, the clusters
+    # take new samples by the centres of the features without augmentation,
+    # the features new samples have.
+    seen.clear()
+    refined = SelfLabelClusterer(partition_views=2, **dict(params, partition_spectral=True)).fit(X)
+    (_, _, clean), (_, _, views) = seen
+    unit = torch.nn.functional.normalize(clean, dim=1).numpy()
+    centres = np.stack([unit[refined.labels_ == k].mean(axis=0) for k in range(10)])
+    alone = SinkhornAssigner(n_clusters=10, metric="cosine", init=centres, max_iter=1).fit(
+        clean.numpy())
+    np.testing.assert_allclose(refined.predict_proba(Xnew),
+                               alone.transform(refined.transform(Xnew)), rtol=1e-5, atol=1e-6)
+
+
+def test_partition_spectral_refines_each_run_in_the_graph_embedding(digits):
+    # With partition_spectral, each k-means run is refined by the balanced
+    # k-means of the spectral embedding of the 10-NN graph (centred
+    # features), started from the centres of the run's clusters there; of the
+    # refined runs labels_ is the one that splits the fewest 30-NN
+    # neighbourhoods. New samples go to the unit mean features of the
+    # clusters, balanced by one assignment of the training samples. The
+    # training does not change.
+    X, y = digits
+    X, Xnew, y = X[:300], X[300:], y[:300]
+    # A seed whose refined runs differ and whose best is not the first.
+    params = dict(n_clusters=10, n_heads=2, whiten=False, partition_n_init=3,
+                  partition_smoothing=0, **dict(FAST, random_state=1))
+    est = SelfLabelClusterer(**params).fit(X)
+    assert est.partition_spectral == "auto"  # the default: refined up to 50 clusters
+    F = est.transform(X)
+    Ft = torch.from_numpy(F)
+    graph = cosine_neighbors(Ft - Ft.mean(dim=0), 30, exclude_self=True)
+    embedding = neighbor_spectral_embedding(graph[:, :10], 10, random_state=1)
+    unit = F / np.linalg.norm(F, axis=1, keepdims=True)
+    refined = []
+    for i in range(3):
+        run = SinkhornAssigner(n_clusters=10, metric="cosine", random_state=1 + i).fit(F)
+        means = np.stack([embedding[run.labels_ == k].mean(axis=0) for k in range(10)])
+        refined.append(SinkhornAssigner(n_clusters=10, metric="cosine", init=means)
+                       .fit(embedding).labels_)
+    agreement = [neighbor_agreement(torch.from_numpy(r), graph) for r in refined]
+    assert int(np.argmax(agreement)) != 0
+    np.testing.assert_array_equal(est.labels_, refined[int(np.argmax(agreement))])
+    assert np.bincount(est.labels_, minlength=10).tolist() == [30] * 10
+    centres = np.stack([unit[est.labels_ == k].mean(axis=0) for k in range(10)])
+    alone = SinkhornAssigner(n_clusters=10, metric="cosine", init=centres, max_iter=1).fit(F)
+    np.testing.assert_allclose(est.predict_proba(Xnew),
+                               alone.transform(est.transform(Xnew)), rtol=1e-5, atol=1e-6)
+    plain = SelfLabelClusterer(partition_spectral=False, **params).fit(X)
+    np.testing.assert_array_equal(plain.labels_all_, est.labels_all_)
+    assert not np.array_equal(plain.labels_, est.labels_)
+    # The refined partition splits fewer pairs of the graph it was refined
+    # on, and matches the classes better.
+    assert (neighbor_agreement(torch.from_numpy(est.labels_), graph[:, :10])
+            > neighbor_agreement(torch.from_numpy(plain.labels_), graph[:, :10]))
+    assert normalized_mutual_info_score(y, est.labels_) > normalized_mutual_info_score(
+        y, plain.labels_)
+
+
+def test_partition_spectral_auto_refines_only_up_to_50_clusters(digits, monkeypatch):
+    # The eigensolve grows with the square of the number of clusters, so
+    # "auto" refines up to _SPECTRAL_MAX_CLUSTERS (50) clusters and keeps
+    # the k-means runs above; True refines whatever the number.
+    import sklearn_sela.clusterer as clusterer_module
+
+    X, _ = digits
+    X = X[:300]
+    calls = []
+    embed = clusterer_module.neighbor_spectral_embedding
+
+    def spy(neighbors, n_components, **kwargs):
+        calls.append(n_components)
+        return embed(neighbors, n_components, **kwargs)
+
+    monkeypatch.setattr(clusterer_module, "neighbor_spectral_embedding", spy)
+    assert clusterer_module._SPECTRAL_MAX_CLUSTERS == 50
+    params = dict(n_clusters=10, n_heads=1, partition_n_init=2, **FAST)
+    auto = SelfLabelClusterer(**params).fit(X)
+    assert calls == [10]
+    monkeypatch.setattr(clusterer_module, "_SPECTRAL_MAX_CLUSTERS", 9)
+    above = SelfLabelClusterer(**params).fit(X)
+    assert calls == [10]
+    kept = SelfLabelClusterer(partition_spectral=False, **params).fit(X)
+    np.testing.assert_array_equal(above.labels_, kept.labels_)
+    forced = SelfLabelClusterer(partition_spectral=True, **params).fit(X)
+    assert calls == [10, 10]
+    np.testing.assert_array_equal(forced.labels_, auto.labels_)
+    assert not np.array_equal(auto.labels_, kept.labels_)
 
 
 def test_labels_from_spectral_clusters_the_feature_graph(digits):

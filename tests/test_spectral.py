@@ -84,3 +84,54 @@ def test_spectral_partition_rejects_non_finite_features():
     X[3, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         spectral_partition(X, 2)
+
+
+def _neighbors(X, k):
+    import torch
+
+    return neighbors.cosine_neighbors(torch.from_numpy(X), k, exclude_self=True)
+
+
+def test_neighbor_spectral_embedding_is_the_unit_rows_of_the_leading_eigenvectors():
+    # One connected graph: the two leading eigenvalues are simple, so the
+    # eigenvectors are defined up to sign, which row scaling does not see.
+    X, _ = _blobs_on_sphere([150, 150, 100], spread=0.9, seed=2)
+    nbrs = _neighbors(X, 6)
+    emb = spectral.neighbor_spectral_embedding(nbrs, 2, random_state=0)  # LOBPCG
+    B = np.zeros((400, 400))
+    B[np.repeat(np.arange(400), 6), nbrs.numpy().ravel()] = 1.0
+    A = (B + B.T) / 2
+    d = 1.0 / np.sqrt(A.sum(axis=1))
+    values, vectors = np.linalg.eigh(d[:, None] * A * d[None, :])
+    assert values[-2] < values[-1] - 1e-3 and values[-3] < values[-2] - 1e-3
+    expected = vectors[:, -2:] / np.linalg.norm(vectors[:, -2:], axis=1, keepdims=True)
+    assert emb.dtype == np.float32 and emb.shape == (400, 2)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    signs = np.sign((emb * expected).sum(axis=0))
+    np.testing.assert_allclose(emb * signs, expected, atol=2e-3)
+
+
+def test_neighbor_spectral_embedding_gives_each_component_one_direction():
+    # Two components that the graph never links: every sample of one gets the
+    # same row, orthogonal to the other's, however the features are spread.
+    X, y = _blobs_on_sphere([60, 40], spread=0.05, seed=4)
+    emb = spectral.neighbor_spectral_embedding(_neighbors(X, 5), 2, random_state=0)
+    for k in (0, 1):
+        np.testing.assert_allclose(emb[y == k], np.tile(emb[y == k][0], ((y == k).sum(), 1)),
+                                   atol=1e-5)
+    assert abs(emb[y == 0][0] @ emb[y == 1][0]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "shape, n_components, match",
+    [
+        ((10, 10), 2, r"1 <= n_neighbors < n_samples, got shape \(10, 10\)"),
+        ((10,), 2, r"index array"),
+        ((10, 3), 11, r"n_components=11 must be in \[1, n_samples\] = \[1, 10\]"),
+        ((10, 3), 0, r"n_components=0 must be in"),
+    ],
+)
+def test_neighbor_spectral_embedding_rejects_bad_sizes(shape, n_components, match):
+    nbrs = np.zeros(shape, dtype=np.int64)
+    with pytest.raises(ValueError, match=match):
+        spectral.neighbor_spectral_embedding(nbrs, n_components)
