@@ -41,6 +41,26 @@ from .sinkhorn import sinkhorn_knopp, soft_assignments
 __all__ = ["SinkhornAssigner"]
 
 
+def _cluster_centers(Xs, labels, centers, metric):
+    """Centre of each cluster of the rows of ``Xs``: their mean
+    (``"euclidean"``) or the unit vector along their sum (``"cosine"``, for
+    unit rows). A cluster without rows (or with a zero sum) keeps its row
+    of ``centers``."""
+    k = centers.shape[0]
+    counts = np.bincount(labels, minlength=k)
+    sums = np.zeros((k, Xs.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, Xs)
+    new = centers.astype(np.float64, copy=True)
+    if metric == "cosine":
+        norms = np.linalg.norm(sums, axis=1)
+        ok = (counts > 0) & (norms > 0)
+        new[ok] = sums[ok] / norms[ok, None]
+    else:
+        ok = counts > 0
+        new[ok] = sums[ok] / counts[ok, None]
+    return new.astype(Xs.dtype, copy=False)
+
+
 class SinkhornAssigner(
     ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator
 ):
@@ -429,19 +449,7 @@ class SinkhornAssigner(
         return np.einsum("ij,ij->i", diff, diff)
 
     def _update_centers(self, Xs, labels, centers):
-        k = centers.shape[0]
-        counts = np.bincount(labels, minlength=k)
-        sums = np.zeros((k, Xs.shape[1]), dtype=np.float64)
-        np.add.at(sums, labels, Xs)
-        new = centers.astype(np.float64, copy=True)
-        if self.metric == "cosine":
-            norms = np.linalg.norm(sums, axis=1)
-            ok = (counts > 0) & (norms > 0)
-            new[ok] = sums[ok] / norms[ok, None]
-        else:
-            ok = counts > 0
-            new[ok] = sums[ok] / counts[ok, None]
-        return new.astype(Xs.dtype, copy=False)
+        return _cluster_centers(Xs, labels, centers, self.metric)
 
     # ------------------------------------------------------------------
     # Fitting

@@ -9,12 +9,13 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
 from sklearn.covariance import LedoitWolf
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import normalize
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import ProgressBar
 from torch.utils.data import Subset
 
-from .assigner import SinkhornAssigner
+from .assigner import SinkhornAssigner, _cluster_centers
 from .backbones import MultiHeadNet, make_backbone
 from .data import AugmentedDataset, as_dataset, default_augmentation
 from .distributed import DistributedFit
@@ -67,11 +68,10 @@ def _auto_epochs(n_samples):
 
 
 def _cluster_means(x, labels, n_clusters):
-    """Unit-length mean of the unit rows of ``x`` in each cluster."""
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    sums = np.zeros((n_clusters, x.shape[1]))
-    np.add.at(sums, labels, x)
-    return (sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)).astype(x.dtype)
+    """Unit-length mean of the unit rows of ``x`` in each cluster: the
+    centres that ``SinkhornAssigner(metric="cosine")`` gives those labels."""
+    x = normalize(x)
+    return _cluster_centers(x, labels, np.zeros((n_clusters, x.shape[1]), x.dtype), "cosine")
 
 
 def _whitening(features):
@@ -657,8 +657,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 return run, run.labels_
             # The balanced k-means again, in the embedding, from the centres
             # of the run's clusters there: a few cheap iterations in
-            # n_clusters dimensions.
-            return run, SinkhornAssigner(
+            # n_clusters dimensions. The run itself is not needed after.
+            return None, SinkhornAssigner(
                 n_clusters=n_clusters, metric="cosine",
                 init=_cluster_means(embedding, run.labels_, n_clusters),
             ).fit(embedding).labels_
