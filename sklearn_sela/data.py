@@ -37,12 +37,13 @@ to the mode of the first.
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, Subset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -515,6 +516,69 @@ def _item_layout(shape, is_tensor, where):
     )
 
 
+def _sample_path(dataset, index):
+    """The file behind sample ``index``, when the dataset lists its files.
+
+    Reads ``samples`` or ``imgs`` (torchvision's ``ImageFolder``,
+    ``(path, target)`` pairs) or ``paths``
+    (:class:`~sklearn_sela.image_files.ImageFiles`), through
+    :class:`torch.utils.data.Subset` wrappers. None when there is no such
+    list.
+    """
+    try:
+        while isinstance(dataset, Subset):
+            dataset, index = dataset.dataset, dataset.indices[index]
+        for name in ("samples", "imgs", "paths"):
+            entries = getattr(dataset, name, None)
+            if entries is None:
+                continue
+            entry = entries[index]
+            if isinstance(entry, (tuple, list)) and entry:
+                entry = entry[0]
+            if isinstance(entry, (str, os.PathLike)):
+                return os.fspath(entry)
+    except Exception:  # only a courtesy for the error message
+        pass
+    return None
+
+
+def _raise_read_error(exc, dataset, index):
+    """Re-raise ``exc``, raised reading sample ``index`` of ``dataset``.
+
+    The new error names the sample (and its file, see :func:`_sample_path`)
+    and is of the same type, chained to the original (``raise ... from``),
+    which a ``PIL`` error otherwise only reports many frames deep. Where that
+    type cannot be built from a message, the original is re-raised with the
+    same text as a note. Errors raised this way pass through unchanged when
+    a dataset over this one re-raises them.
+    """
+    if getattr(exc, "_sela_sample_error", False):
+        raise exc
+    path = _sample_path(dataset, index)
+    detail = str(exc) or type(exc).__name__
+    where = f"sample {index}"
+    if path is not None and path not in detail:
+        where += f" ({path})"
+    message = f"Could not read {where} of the dataset: {detail}"
+    try:
+        new = type(exc)(message)
+        if message not in str(new):
+            new = None
+    except Exception:  # a constructor that wants other arguments
+        new = None
+    if new is None:
+        if hasattr(exc, "add_note"):  # Python >= 3.11
+            exc.add_note(message)
+        new = exc
+    try:
+        new._sela_sample_error = True
+    except AttributeError:  # pragma: no cover - exceptions with __slots__
+        pass
+    if new is exc:
+        raise exc
+    raise new from exc
+
+
 def _extract_sample(item, index):
     where = f"item {index} of the dataset"
     if isinstance(item, (tuple, list)):
@@ -564,7 +628,11 @@ class _StreamingDataset(Dataset):
 
     def __getitem__(self, index):
         index = int(index)
-        raw = _extract_sample(self.dataset[index], index)
+        try:
+            item = self.dataset[index]
+        except Exception as exc:
+            _raise_read_error(exc, self.dataset, index)
+        raw = _extract_sample(item, index)
         where = f"item {index} of the dataset"
         if self.info.kind == "tabular":
             x = _to_float_tensor(raw, where) if not _is_pil(raw) else None
@@ -583,7 +651,11 @@ class _StreamingDataset(Dataset):
         if _is_pil(raw):
             if not self.resize and raw.size != (w, h):
                 self._size_error(where, raw.size[1], raw.size[0])
-            return _pil_to_tensor(raw, c, target_hw)
+            try:
+                # A lazily opened image is only decoded here.
+                return _pil_to_tensor(raw, c, target_hw)
+            except Exception as exc:
+                _raise_read_error(exc, self.dataset, index)
         x = _to_float_tensor(raw, where)
         if x.ndim == 2:
             x = x[None]
@@ -650,7 +722,11 @@ def _from_dataset(X, expected, image_size):
             "Found array with 0 sample(s) (an empty dataset) while a minimum of "
             "1 is required."
         )
-    first = _extract_sample(X[0], 0)
+    try:
+        first = X[0]
+    except Exception as exc:
+        _raise_read_error(exc, X, 0)
+    first = _extract_sample(first, 0)
     if _is_pil(first):
         kind = "image"
         channels = _pil_channels(first)
@@ -740,6 +816,11 @@ def as_dataset(X, *, expected=None, image_size=None):
         batched fetching by :class:`torch.utils.data.DataLoader`, and
         ``get_batch(indices)``, which returns a stacked
         ``(len(indices), *sample_shape)`` tensor. It pickles if ``X`` does.
+        When an item of a dataset ``X`` cannot be read (e.g. a truncated
+        image file), the error raised names the sample index, and its file
+        for datasets that list them (``ImageFolder``'s ``samples``,
+        :class:`~sklearn_sela.image_files.ImageFiles`' ``paths``); it has
+        the type of the original error, chained to it.
     info : InputInfo
         Kind, per-sample shape and number of samples.
 
@@ -751,6 +832,9 @@ def as_dataset(X, *, expected=None, image_size=None):
         ``expected``.
     TypeError
         If ``X`` is a sparse matrix.
+    OSError
+        Or whatever a dataset ``X`` raises, if its first item cannot be
+        read; the message names the sample (see ``dataset`` above).
     """
     image_size = _check_image_size(image_size)
     if _is_sparse(X):
@@ -1215,6 +1299,12 @@ class AugmentedDataset(Dataset):
         ``supports_batch`` attribute (as the presets of
         :func:`default_augmentation` do), batched fetches transform the
         whole batch in one call, with per-sample random parameters.
+
+    Notes
+    -----
+    An item of ``base`` that cannot be read raises an error of the same
+    type naming its index (and file, for datasets that list their files,
+    as :func:`as_dataset` does), chained to the original one.
     """
 
     def __init__(self, base, transform=None):
@@ -1226,10 +1316,22 @@ class AugmentedDataset(Dataset):
 
     def __getitem__(self, i):
         i = int(i)
-        x = self.base[i]
+        try:
+            x = self.base[i]
+        except Exception as exc:
+            _raise_read_error(exc, self.base, i)
         if self.transform is not None:
             x = self.transform(x)
         return x, i
+
+    def _read(self, indices):
+        xs = []
+        try:
+            for i in indices:
+                xs.append(self.base[i])
+        except Exception as exc:
+            _raise_read_error(exc, self.base, i)
+        return xs
 
     def __getitems__(self, indices):
         # torch DataLoader's batched-fetch protocol (also forwarded by
@@ -1240,10 +1342,10 @@ class AugmentedDataset(Dataset):
             if get_batch is not None:
                 batch = get_batch(indices)
             else:
-                batch = torch.stack([self.base[i] for i in indices])
+                batch = torch.stack(self._read(indices))
             if self.transform is not None:
                 batch = self.transform(batch)
             xs = batch.unbind(0)
         else:
-            xs = [self.transform(self.base[i]) for i in indices]
+            xs = [self.transform(x) for x in self._read(indices)]
         return list(zip(xs, indices))

@@ -13,6 +13,7 @@ PIL and tqdm are imported only when needed.
 # Authors: sklearn-sela developers
 # License: BSD 3 clause
 
+import errno
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -50,10 +51,40 @@ def find_image_files(root, extensions=IMAGE_EXTENSIONS):
     paths : list of str
         ``os.path.join(root, ...)`` for every image file, sorted by path, so
         the order (and hence the rows of ``labels.csv``) is reproducible.
+        Empty when the folder holds no image file.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` does not exist (a typo would otherwise look like an
+        empty folder).
+    NotADirectoryError
+        If ``root`` is not a folder, e.g. a single image file.
+    PermissionError
+        If ``root`` cannot be listed. Sub-folders that cannot be listed are
+        skipped.
     """
     root = os.fspath(root)
+    if not os.path.isdir(root):
+        if not os.path.exists(root):
+            raise FileNotFoundError(
+                errno.ENOENT, "No such folder to look for image files in", root
+            )
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            "Not a folder: find_image_files lists the image files under a "
+            "folder (for one image file, pass [path] to ImageFiles)",
+            root,
+        )
+
+    def unreadable(exc):
+        # A sub-folder that cannot be listed is skipped, like os.walk does;
+        # the folder itself is an error, not an empty result.
+        if exc.filename == root:
+            raise exc
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower().endswith(extensions):

@@ -24,7 +24,14 @@ Notes on the numerics
   multiplying by ``lam``, so ``lam * S`` never overflows. Scores are used as
   they are, however small; only ``-inf`` (probability zero) is replaced, by
   a value 60 nats (after ``lam``) below the row's lowest finite one, so that
-  every cluster stays reachable (a row of ``-inf`` only is uniform).
+  every cluster stays reachable (a row of ``-inf`` only is uniform). That
+  is a last resort, not part of the problem: a cluster that no sample may
+  join is an error, and when the plan needs -inf entries to reach the
+  target sizes (too few samples may join a cluster), their mass counts in
+  the marginal error and the result is not ``converged``. The rows that
+  hold -inf entries are measured once, after the iterations; in-place
+  float32/float64 buffers keep their -inf pattern for that, one bit per
+  entry of those rows.
 * Entries more than ``F = 60`` nats below their row maximum are *stored* as
   ``exp(-F)`` rather than allowed to underflow: subnormal floats make CPU
   arithmetic many times slower (``exp()`` of underflowing values ~20x,
@@ -137,10 +144,16 @@ class SinkhornResult:
     n_iter : int
         Number of scaling iterations run.
     converged : bool
-        Whether the marginal error fell below ``tol`` within ``max_iter``.
+        Whether the marginal error fell below ``tol`` within ``max_iter``:
+        a statement about the plan ``Q``. Labels from ``assign="balanced"``
+        have exactly the target sizes either way; those from
+        ``assign="argmax"`` are only approximately balanced, converged or
+        not.
     marginal_error : float
-        L1 distance between the cluster marginal of ``Q`` and the target
-        proportions, the per-sample marginal being exact.
+        L1 distance between the marginals of ``Q`` (the plan above, zero
+        where a score is ``-inf``) and their targets: the cluster marginal
+        against the target proportions plus the per-sample marginal, which
+        is exact unless the plan has to use ``-inf`` scores.
     soft : ndarray or Tensor of shape (n_samples, n_clusters) or None
         Rows of ``Q`` each normalised to sum to one, when asked for with
         ``return_soft=True`` or ``inplace=True`` (then it is the caller's
@@ -322,6 +335,39 @@ def _row_max(x):
     return torch.where(empty, torch.zeros_like(m), m), empty
 
 
+_BITS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def _pack_bits(mask):
+    """Pack a boolean ``(r, k)`` matrix to ``(r, ceil(k / 8))`` uint8."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.packbits(mask.numpy(), axis=1, bitorder="little"))
+    return _pack_bits_torch(mask)
+
+
+def _unpack_bits(packed, k):
+    """Inverse of :func:`_pack_bits`, as a ``(r, k)`` uint8 matrix of 0/1."""
+    if packed.device.type == "cpu":
+        bits = np.unpackbits(packed.numpy(), axis=1, count=k, bitorder="little")
+        return torch.from_numpy(bits)
+    return _unpack_bits_torch(packed, k)
+
+
+def _pack_bits_torch(mask):
+    # Any device; on CPU numpy's packbits is several times faster.
+    r, k = mask.shape
+    m = mask.to(torch.uint8)
+    if k % 8:
+        m = torch.cat([m, m.new_zeros(r, 8 - k % 8)], dim=1)
+    bits = torch.tensor(_BITS, dtype=torch.uint8, device=mask.device)
+    return (m.view(r, -1, 8) * bits).sum(dim=2, dtype=torch.uint8)
+
+
+def _unpack_bits_torch(packed, k):
+    bits = torch.tensor(_BITS, dtype=torch.uint8, device=packed.device)
+    return (packed[:, :, None] & bits).view(packed.shape[0], -1)[:, :k]
+
+
 class _Kernel:
     """The working kernel ``W[i, j] = exp(lam * S[i, j] + g[j] - shift[i])``.
 
@@ -364,6 +410,12 @@ class _Kernel:
         self.row_max = torch.empty(self.n, dtype=self.cdt, device=self.device)
         self.empty = torch.empty(self.n, dtype=torch.bool, device=self.device)
         self.has_zeros = False
+        # Columns some sample can join with nonzero probability (see
+        # _note_zeros), and where the -inf entries are, kept to measure the
+        # plan's mass on them at the end (in-place, the scores are gone).
+        self.reach = torch.zeros(self.k, dtype=torch.bool, device=self.device)
+        self._all_reach = False
+        self.zero_rows = []
         gc = None if g is None else self.g.to(self.cdt)
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
@@ -372,11 +424,18 @@ class _Kernel:
             self.row_max[start:stop] = m
             self.empty[start:stop] = empty
             # (A row minimum is much cheaper than isneginf(blk).any().)
-            zeros = bool(torch.isneginf(blk.amin(dim=1)).any())
+            has_zero = torch.isneginf(blk.amin(dim=1))
+            zeros = bool(has_zero.any())
             self.has_zeros = self.has_zeros or zeros
+            if zeros:
+                self._note_zeros(blk, start, has_zero, empty)
+            else:
+                self._all_reach = True
             if not streamed:
                 self._write(start, stop, gc, empty, zeros)
         self.has_empty = bool(self.empty.any())
+        if self._all_reach:
+            self.reach.fill_(True)
         if streamed:
             self.shift.copy_(self.row_max.double() * lam)
         self.compiled = (
@@ -384,6 +443,67 @@ class _Kernel:
             and self.device.type == "cpu"
             and self.n * self.k >= _COMPILED_MIN_ENTRIES
         )
+
+    def _note_zeros(self, blk, start, has_zero, empty):
+        """Record what a block of scores with -inf entries implies.
+
+        A column is reachable when some row gives it a finite score, or some
+        row is entirely -inf (uniform by convention). Blocks without -inf
+        reach every column, so the column maxima are only taken here, and
+        only until every column is reached. The rows with some, but not
+        only, -inf entries are listed for :meth:`zero_mass`; a kernel stored
+        in the scores' own buffer also keeps their -inf pattern, one bit per
+        entry, since the scores are overwritten.
+        """
+        if not self._all_reach:
+            if bool(empty.any()):
+                self._all_reach = True
+            else:
+                self.reach |= blk.amax(dim=0) > -math.inf
+                self._all_reach = bool(self.reach.all())
+        rows = has_zero & ~empty
+        local = None
+        if not bool(rows.all()):
+            local = rows.nonzero().squeeze(1)
+            if not local.numel():
+                return
+        packed = None
+        if self.payload:
+            packed = _pack_bits(torch.isneginf(blk if local is None else blk[local]))
+        self.zero_rows.append((start, start + blk.shape[0], local, packed))
+
+    def zero_mass(self, a, b):
+        """Mass of the plan ``a[i] W[i, j] b[j]`` on -inf scores, per cluster.
+
+        In units of samples (float64): each row of ``diag(a) W diag(b)``
+        sums to one, for ``a = 1 / (W b)`` as the last pass left it. The
+        working kernel gives -inf scores a tiny but nonzero value (a last
+        resort, so that an infeasible problem still yields labels), while
+        the plan the scalings describe, ``exp(log_alpha + lam * scores +
+        log_beta)``, is zero there. One pass over the rows with -inf
+        entries.
+        """
+        z = torch.zeros(self.k, dtype=self.cdt, device=self.device)
+        g = self.g.to(self.cdt) if self.streamed else None
+        for start, stop, local, packed in self.zero_rows:
+            # The mask goes into whichever scratch block the kernel rows
+            # do not occupy, as 0/1 in the compute dtype (multiplying by a
+            # boolean mask is several times slower).
+            if self.streamed:
+                w, buf = self._stream_block(start, stop, g), self.out
+            else:
+                w, buf = self.W[start:stop], self.work
+            ar = a[start:stop]
+            if local is not None:
+                w, ar = w[local], ar[local]
+            buf = buf[: w.shape[0]]
+            if packed is not None:
+                torch.ne(_unpack_bits(packed, self.k), 0, out=buf)
+            else:
+                s = self.S[start:stop]
+                torch.eq(s if local is None else s[local], -math.inf, out=buf)
+            z.addmv_(buf.mul_(w).t(), ar)
+        return z.double() * b.double()
 
     def _scratch(self):
         # Two reused blocks: ``work`` for the kernel's own blocks (building,
@@ -689,6 +809,50 @@ def _global_sum(x, process_group):
     return x
 
 
+def _global_max(x, process_group):
+    if process_group is not None:
+        torch.distributed.all_reduce(
+            x, op=torch.distributed.ReduceOp.MAX, group=process_group
+        )
+    return x
+
+
+def _show(indices, limit=10):
+    """``"1, 4, 7"``, shortened to ``limit`` indices."""
+    indices = [int(i) for i in indices]
+    text = ", ".join(map(str, indices[:limit]))
+    return text + (f", ... ({len(indices)} in all)" if len(indices) > limit else "")
+
+
+def _check_reachable(kernel, proportions, n_total, process_group):
+    """Raise if some cluster has probability zero for every sample.
+
+    Such a cluster cannot get its target size from samples that may join
+    it; the solver would fill it with samples of probability zero anyway
+    (their -inf scores are a last resort, see the module docstring).
+    """
+    reach = kernel.reach
+    if process_group is not None:
+        # Another rank's rows may reach the cluster.
+        reach = _global_max(reach.to(torch.float32), process_group) > 0
+    if bool(reach.all()):
+        return
+    bad = (~reach).nonzero().squeeze(1).tolist()
+    k = kernel.k
+    uniform = bool(np.allclose(proportions, 1.0 / k, rtol=0, atol=1e-12))
+    if uniform:
+        size = f"the equal-size constraint ({n_total} / {k} samples per cluster)"
+    else:
+        size = "the cluster sizes set by cluster_proportions"
+    raise ValueError(
+        f"Cluster(s) {_show(bad)} have score -inf (probability zero) for every "
+        f"sample, so no sample can join them and {size} cannot be met. "
+        f"Remove these columns from the scores (and their entries from "
+        f"cluster_proportions; a proportion of 0 is not allowed), or give "
+        f"them a finite score for some samples."
+    )
+
+
 def sinkhorn_knopp(
     scores,
     *,
@@ -714,7 +878,11 @@ def sinkhorn_knopp(
     scores : ndarray or Tensor of shape (n_samples, n_clusters)
         Log-probabilities ``log p(y | x_i)``, or any scores defined up to a
         per-row constant (logits). ``-inf`` means probability zero; a row that
-        is entirely ``-inf`` is treated as uniform. float16, bfloat16, float32
+        is entirely ``-inf`` is treated as uniform. Every cluster needs a
+        finite score for some sample (or a row of ``-inf`` only); if too few
+        samples may join a cluster for its target size, the labels still
+        use ``-inf`` scores as a last resort, but the result is not
+        ``converged``. float16, bfloat16, float32
         and float64 are accepted, on CPU or CUDA. Not modified unless
         ``inplace=True``.
     lam : float, default=25.0
@@ -776,10 +944,19 @@ def sinkhorn_knopp(
     ------
     ValueError
         If ``scores`` is not 2-D, has fewer samples than clusters or no
-        cluster, contains NaN or +inf; if ``lam <= 0``; if
-        ``cluster_proportions`` has the wrong length, negative entries or
-        does not sum to one; if ``warm_start`` has the wrong length or is not
-        finite.
+        cluster, contains NaN or +inf; if some cluster's scores are ``-inf``
+        for every sample (over all ranks with ``process_group``), as no
+        sample can join it (with ``inplace=True`` the buffer has then been
+        overwritten); if ``lam <= 0``; if ``cluster_proportions`` has the
+        wrong length, entries that are not positive or does not sum to one;
+        if ``warm_start`` has the wrong length or is not finite.
+
+    Warns
+    -----
+    ConvergenceWarning
+        If ``max_iter`` is reached before ``tol``, or if the plan only meets
+        the target sizes by using ``-inf`` scores (too few samples may join
+        some cluster); ``result.converged`` is then False.
 
     See Also
     --------
@@ -865,6 +1042,7 @@ def sinkhorn_knopp(
             raise ValueError("warm_start must be finite.")
         log_beta -= log_beta.max()
     kernel = _Kernel(S, W, lam, log_beta, payload, streamed)
+    _check_reachable(kernel, proportions, n_total, process_group)
 
     target = torch.as_tensor(proportions * n_total, dtype=torch.float64, device=S.device)
     target_c = target.to(cdt)
@@ -909,22 +1087,54 @@ def sinkhorn_knopp(
             kernel.absorb(log_b)
             log_b.zero_()
         b = log_b.exp().to(cdt)
+
+    loop_converged = converged
+    zero_note = ""
+    if kernel.zero_rows or process_group is not None:
+        # -inf scores are a last resort of the working kernel, but the plan
+        # the scalings describe, exp(log_alpha + lam * scores + log_beta),
+        # is zero there: measure both of its marginals without them (every
+        # rank takes part). The sample marginal then misses exactly that
+        # mass, and the error can only grow. (Before a is overwritten.)
+        zero = _global_sum(kernel.zero_mass(a, b), process_group)
+        col = col_c.double() - zero
+        lost = float(zero.sum())
+        err = (float((col - target).abs().sum()) + lost) / n_total
+        converged = converged and err <= tol
+        if lost > 0.5 * tol * n_total:
+            short = (target - col).cpu().numpy()
+            bad = np.flatnonzero(short >= 0.5)
+            bad = bad if bad.size else [int(np.argmax(short))]
+            zero_note = (
+                f" The plan puts {lost / n_total:.3g} of its mass on scores "
+                f"that are -inf (probability zero), mostly in cluster(s) "
+                f"{_show(bad)}: too few samples may join them to reach their "
+                f"target sizes, and the labels put samples of probability "
+                f"zero there."
+            )
+    if not converged:
+        if loop_converged:
+            msg = (
+                f"Sinkhorn-Knopp found no plan within tol={tol:g} of the "
+                f"target marginals using only scores above -inf (marginal "
+                f"error {err:.3g}).{zero_note}"
+            )
+        else:
+            msg = (
+                f"Sinkhorn-Knopp did not converge in max_iter={max_iter} "
+                f"iterations (marginal error {err:.3g} > tol={tol:g}); "
+                f"increase max_iter, lower lam or raise tol.{zero_note}"
+            )
+        warnings.warn(msg, ConvergenceWarning, stacklevel=2)
+
     # Q[i, j] = a[i] W[i, j] b[j] / N with W = exp(lam S + g - shift).
+    # (a is overwritten when float64: it is not needed any more.)
     log_alpha = a.double().log_() - kernel.shift - math.log(n_total)
     log_beta = kernel.g + log_b
     # Same gauge as warm starts: max(log_beta) = 0, compensated in log_alpha.
     top = log_beta.max()
     log_beta -= top
     log_alpha += top
-
-    if not converged:
-        warnings.warn(
-            f"Sinkhorn-Knopp did not converge in max_iter={max_iter} iterations "
-            f"(marginal error {err:.3g} > tol={tol:g}); increase max_iter, "
-            f"lower lam or raise tol.",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
 
     if assign == "balanced":
         if process_group is not None:

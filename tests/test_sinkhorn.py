@@ -255,6 +255,14 @@ def test_property_any_input_any_dtype(problem, assign):
     scores = _cast(s, container, dtype)
     values = _as_f64(scores)  # what the solver sees, after the cast
     n, k = s.shape
+    # A cluster with probability zero for every sample (no row without any
+    # preference to fill it) cannot get its share: a clear error.
+    unreachable = np.isneginf(values).all(axis=0)
+    if unreachable.any() and not np.isneginf(values).all(axis=1).any():
+        bad = ", ".join(map(str, np.flatnonzero(unreachable)[:10]))
+        with pytest.raises(ValueError, match=re.escape(f"Cluster(s) {bad} have score -inf")):
+            sinkhorn_knopp(scores, lam=lam, assign=assign, max_iter=300)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         res = sinkhorn_knopp(
@@ -326,16 +334,27 @@ def test_minus_inf_entries_rows_and_columns():
     rng = np.random.default_rng(2)
     logp = _log_dirichlet(300, 6, seed=2)
     logp[rng.random(logp.shape) < 0.4] = -np.inf
-    logp[:, 5] = -np.inf  # nobody wants cluster 5
-    logp[:3] = -np.inf  # three rows without any preference
-    res = sinkhorn_knopp(logp.astype(np.float32), lam=25.0, max_iter=2000)
-    assert res.converged
+    logp[:, 5] = -np.inf  # nobody wants cluster 5...
+    logp[np.isneginf(logp).all(axis=1), 0] = 0.0
+    with pytest.raises(ValueError, match=r"Cluster\(s\) 5 have score -inf"):
+        sinkhorn_knopp(logp.astype(np.float32), lam=25.0, max_iter=2000)
+    logp[:3] = -np.inf  # ...but three rows without any preference may go there
+    # Three samples cannot make a sixth of 300: the solver still fills the
+    # cluster, with -inf scores as a last resort, but does not call that
+    # converged.
+    zero_mass = r"-inf \(probability zero\), mostly in cluster\(s\) 5:"
+    with pytest.warns(ConvergenceWarning, match=zero_mass):
+        res = sinkhorn_knopp(logp.astype(np.float32), lam=25.0, max_iter=2000)
+    assert not res.converged
     counts = np.bincount(res.labels, minlength=6)
     assert counts.min() > 0
+    # The plan with the documented last-resort values meets the marginals...
     row, col = _marginal_errors(_plan(logp, res, 25.0))
     assert col <= 1.1e-3
     # Cluster 5 is filled by the samples that lose least by going there.
     assert counts[5] >= 300 // 6 // 2
+    # ...but the mass it puts on -inf scores counts in the reported error.
+    assert res.marginal_error > 0.2
 
 
 def test_float16_inplace_buffer_matches_float32():
