@@ -4,29 +4,19 @@ For each data set and seed, fits ``SelfLabelClusterer(n_clusters=10,
 random_state=seed)`` (default settings unless ``--max-epochs`` or ``--param``
 say otherwise) and reports, against the true classes:
 
-* ACC (Hungarian-matched accuracy), NMI and ARI of ``labels_`` (by default
-  the balanced partition of the learned features, ``labels_from="auto"``);
+* ACC (Hungarian-matched accuracy), NMI and ARI of ``labels_``;
+* ACC and NMI of ``predict`` on the test split (Fashion-MNIST: images never
+  seen in ``fit``), and the fraction of training samples for which
+  ``predict(X_train)`` equals ``labels_``;
 * weighted kNN accuracy (k=50, cosine similarity, weights exp(sim/0.1)) and a
-  logistic-regression linear probe on ``transform()`` features (whitened,
-  ``whiten=True``, unless ``--param whiten=false``);
-* wall time and process CPU time of the fit;
-* on a second row, the same scores for the self-labels of head 0 of the same
-  fit (``labels_all_[:, 0]``, what ``labels_from="head"`` gives);
-* on a third row, kNN and the probe on the same fit's features before
-  whitening (``whiten=False``; the same ``labels_``, which are a partition
-  of these);
-* on a fourth row, for the spectral clustering of the same fit's training
-  features before whitening (what ``labels_from="spectral"`` gives, see
-  ``sklearn_sela.spectral``), its time added to the fit's;
+  logistic-regression linear probe on ``transform()`` features, as they are
+  and after ``PCA(whiten=True)`` fitted on the training features;
+* wall time, process CPU time and peak resident memory of the process so far;
+* with ``--graph``, a second row for ``BalancedGraphClustering`` on the same
+  fit's ``transform`` features (its time added to the fit's);
 
 next to KMeans (K=10, n_init=10) on the raw pixels, whose kNN / probe use
 the raw pixels as features, measured in the same run.
-
-With ``--save-models DIR``, each fit of the main table is also written to
-``DIR/{dataset}_seed{seed}.pt`` (:func:`sklearn_sela.persistence.save_model`),
-so that later screens of the partition can read the very fits whose rows
-were published (``load_model(path).transform(X)``, ``whiten=False`` for the
-features that ``labels_`` partitions).
 
 Evaluation splits: Fashion-MNIST trains on (a subset of) the training split
 and the kNN / probe classify the test split (a subset of it with
@@ -38,22 +28,27 @@ seeded stratified 2/3 of the features and scored on the other 1/3.
 Usage::
 
     python benchmarks/bench_quality.py --dataset digits --seeds 0 1 2
+    python benchmarks/bench_quality.py --dataset fashion --seeds 0 1 2 --threads 2
     python benchmarks/bench_quality.py --dataset fashion --subset 10000 --max-epochs 10
     python benchmarks/bench_quality.py --dataset digits --ablations --max-epochs 50
-    python benchmarks/bench_quality.py --dataset fashion --ablations --grid 10:1 50:1 \\
-        --label-updates 0
     python benchmarks/bench_quality.py --dataset digits --param lr=0.1 --param batch_size=128
-    python benchmarks/bench_quality.py --dataset fashion --seeds 0 --save-models fits/
+    python benchmarks/bench_quality.py --headline --seeds 0 --threads 2
+
+``--headline`` fits the paper's ImageNet setting, ``SelfLabelClusterer(
+n_clusters=3000, n_heads=10)``, on the 60,000 Fashion-MNIST training images
+(or ``--subset``) and prints its time per stage and peak memory.
 """
 
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
 import numpy as np
 from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import train_test_split
 
@@ -67,15 +62,12 @@ from _common import (  # noqa: E402
     weighted_knn_accuracy,
 )
 
-from sklearn_sela import SelfLabelClusterer  # noqa: E402
-from sklearn_sela.persistence import save_model  # noqa: E402
-from sklearn_sela.spectral import spectral_partition  # noqa: E402
+from sklearn_sela import BalancedGraphClustering, SelfLabelClusterer  # noqa: E402
 
-HEAD_LABELS = "SelfLabelClusterer, head 0 self-labels"
-RAW_LABELS = "SelfLabelClusterer, features not whitened"
-SPECTRAL_LABELS = "SelfLabelClusterer, spectral partition"
-HEADERS = ["dataset", "method", "seed", "ACC", "NMI", "ARI", "kNN", "linear", "fit [s]",
-           "fit CPU [s]"]
+GRAPH_LABELS = "BalancedGraphClustering on transform"
+HEADERS = ["dataset", "method", "seed", "ACC", "NMI", "ARI", "test ACC", "test NMI",
+           "predict = labels_", "kNN", "linear", "kNN whitened", "linear whitened",
+           "fit [s]", "fit CPU [s]", "peak RSS [GB]"]
 
 
 def _scores(y, labels):
@@ -92,68 +84,65 @@ def _feature_scores(Ftr, ytr, Fte, yte, seed):
     return knn, lin
 
 
+def _whitened(Ftr, Fte):
+    pca = PCA(whiten=True).fit(Ftr)
+    return pca.transform(Ftr), None if Fte is None else pca.transform(Fte)
+
+
+def _peak_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def _flat(X):
     X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
     return X / 255.0 if X.max() > 1.5 and X.max() <= 255 and X.min() >= 0 else X
+
+
+def _test_scores(yte, pred):
+    if yte is None:
+        return [float("nan")] * 2
+    return [cluster_accuracy(yte, pred), normalized_mutual_info_score(yte, pred)]
 
 
 def run_kmeans(name, Xtr, ytr, Xte, yte, seed):
     t0, c0 = time.perf_counter(), time.process_time()
     km = KMeans(n_clusters=10, n_init=10, random_state=seed).fit(_flat(Xtr))
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    acc, nmi, ari = _scores(ytr, km.labels_)
+    test = _test_scores(yte, None if Xte is None else km.predict(_flat(Xte)))
+    same = float(np.mean(km.predict(_flat(Xtr)) == km.labels_))
     knn, lin = _feature_scores(_flat(Xtr), ytr, None if Xte is None else _flat(Xte), yte, seed)
-    return [name, "KMeans (raw pixels)", seed, acc, nmi, ari, knn, lin, dt, dc]
+    nan = float("nan")
+    return ([name, "KMeans (raw pixels)", seed, *_scores(ytr, km.labels_), *test, same,
+             knn, lin, nan, nan, dt, dc, _peak_gb()])
 
 
 def run_sela(name, Xtr, ytr, Xte, yte, seed, params, label="SelfLabelClusterer"):
     t0, c0 = time.perf_counter(), time.process_time()
     model = SelfLabelClusterer(random_state=seed, **params).fit(Xtr)
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    acc, nmi, ari = _scores(ytr, model.labels_)
+    peak = _peak_gb()
+    test = _test_scores(yte, None if Xte is None else model.predict(Xte))
+    same = float(np.mean(model.predict(Xtr) == model.labels_))
     Ftr = model.transform(Xtr)
     Fte = None if Xte is None else model.transform(Xte)
     knn, lin = _feature_scores(Ftr, ytr, Fte, yte, seed)
-    return [name, label, seed, acc, nmi, ari, knn, lin, dt, dc], model, Ftr
+    Wtr, Wte = _whitened(Ftr, Fte)
+    wknn, wlin = _feature_scores(Wtr, ytr, Wte, yte, seed)
+    row = [name, label, seed, *_scores(ytr, model.labels_), *test, same, knn, lin,
+           wknn, wlin, dt, dc, peak]
+    return row, model, Ftr
 
 
-def head_row(row, model, ytr):
-    """``row`` rescored on the self-labels of head 0 of the same fit.
-
-    The features, and so kNN, the probe and the times, are the fit's.
-    """
-    acc, nmi, ari = _scores(ytr, model.labels_all_[:, 0])
-    return row[:3] + [acc, nmi, ari] + row[6:]
-
-
-def raw_features_row(row, model, Xtr, ytr, Xte, yte, seed):
-    """``row`` rescored with kNN and the probe on the fit's features before
-    whitening (``whiten=False``, read by ``transform``), and those training
-    features: ``(row, features)``."""
-    model.set_params(whiten=False)
-    try:
-        Ftr = model.transform(Xtr)
-        Fte = None if Xte is None else model.transform(Xte)
-    finally:
-        model.set_params(whiten=True)
-    knn, lin = _feature_scores(Ftr, ytr, Fte, yte, seed)
-    return row[:6] + [knn, lin] + row[8:], Ftr
-
-
-def spectral_row(row, model, Ftr, ytr, seed):
-    """``row`` rescored on the spectral partition of the fit's features.
-
-    The labels are those of ``labels_from="spectral"`` (10 neighbours, the
-    fit's seed); the partition's wall and CPU time are added to the fit's.
-    """
+def graph_row(row, model, Ftr, ytr, Xte, yte, seed):
+    """``row`` rescored on ``BalancedGraphClustering`` of the fit's training
+    features (``transform``); its wall and CPU time are added to the fit's."""
     t0, c0 = time.perf_counter(), time.process_time()
-    labels = spectral_partition(Ftr, model.n_clusters_[model.head], n_neighbors=10,
-                                random_state=seed)
+    graph = BalancedGraphClustering(model.n_clusters_[model.head_], random_state=seed).fit(Ftr)
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
-    acc, nmi, ari = _scores(ytr, labels)
-    print(f"spectral partition: {dt:.1f} s, cluster sizes {sorted(np.bincount(labels))}",
-          flush=True)
-    return row[:3] + [acc, nmi, ari] + row[6:8] + [row[8] + dt, row[9] + dc]
+    test = _test_scores(yte, None if Xte is None else graph.predict(model.transform(Xte)))
+    same = float(np.mean(graph.predict(Ftr) == graph.labels_))
+    return (row[:3] + [*_scores(ytr, graph.labels_), *test, same] + row[9:13]
+            + [row[13] + dt, row[14] + dc, _peak_gb()])
 
 
 def _parse_param(text):
@@ -176,8 +165,8 @@ def _mean_rows(rows):
         vals = np.array([r[3:] for r in rs], dtype=float)
         mean, std = vals.mean(0), vals.std(0)
         out.append([d, m, f"mean of {len(rs)}"]
-                   + [f"{a:.3f} ± {s:.3f}" for a, s in zip(mean[:-2], std[:-2])]
-                   + [f"{m:.1f}" for m in mean[-2:]])
+                   + [f"{a:.3f} ± {s:.3f}" for a, s in zip(mean[:-3], std[:-3])]
+                   + [f"{m:.1f}" for m in mean[-3:-1]] + [f"{mean[-1]:.2f}"])
     return out
 
 
@@ -194,23 +183,10 @@ def main_table(args, params):
                 print(rows[-1], flush=True)
             row, model, Ftr = run_sela(name, Xtr, ytr, Xte, yte, seed, params)
             rows.append(row)
-            print(row, f"epochs={model.n_epochs_}", f"labels_from_={model.labels_from_}",
-                  flush=True)
-            if args.save_models:
-                print("saved", save_model(model, os.path.join(
-                    args.save_models, f"{name}_seed{seed}.pt")), flush=True)
-            if model.labels_from_ != "head":
-                rows.append(head_row(row, model, ytr))
-                rows[-1][1] = HEAD_LABELS
-                print(rows[-1], flush=True)
-            if model.whiten:
-                raw_row, Ftr = raw_features_row(row, model, Xtr, ytr, Xte, yte, seed)
-                rows.append(raw_row)
-                rows[-1][1] = RAW_LABELS
-                print(rows[-1], flush=True)
-            if model.labels_from_ != "spectral":
-                rows.append(spectral_row(row, model, Ftr, ytr, seed))
-                rows[-1][1] = SPECTRAL_LABELS
+            print(row, f"epochs={model.n_epochs_}", f"head_={model.head_}", flush=True)
+            if args.graph:
+                rows.append(graph_row(row, model, Ftr, ytr, Xte, yte, seed))
+                rows[-1][1] = GRAPH_LABELS
                 print(rows[-1], flush=True)
     print()
     print(markdown_table(HEADERS, rows))
@@ -242,14 +218,12 @@ def ablations(args, params):
     for k, t in args.grid:
         p = dict(params, n_clusters=k, n_heads=t)
         row, model, _ = run_sela(name, Xtr, ytr, Xte, yte, seed, p, label=f"K={k} T={t}")
-        # The paper's ablations score the self-labels.
-        row = head_row(row, model, ytr)
         fits[k, t] = row, model
-        rows.append([row[1], row[4], row[6], row[8], row[9]])
+        rows.append([row[1], row[4], row[9], row[13], row[14]])
         print(rows[-1], flush=True)
     if rows:
         print()
-        print(markdown_table(["setting", "NMI (head 0)", "kNN", "fit [s]", "fit CPU [s]"],
+        print(markdown_table(["setting", "NMI", "kNN", "fit [s]", "fit CPU [s]"],
                              rows))
     rows2 = []
     default_cell = (params.get("n_clusters", 10), params.get("n_heads", 10))
@@ -262,14 +236,53 @@ def ablations(args, params):
         else:
             row, model, _ = run_sela(name, Xtr, ytr, Xte, yte, seed,
                                      dict(params, n_label_updates=m), label=label)
-            row = head_row(row, model, ytr)
-        rows2.append([label, model.net_.label_updates_, row[3], row[4], row[6], row[8],
-                      row[9]])
+        rows2.append([label, model.net_.label_updates_, row[3], row[4], row[9], row[13],
+                      row[14]])
         print(rows2[-1], flush=True)
     if rows2:
         print()
         print(markdown_table(["setting", "updates run", "ACC", "NMI", "kNN", "fit [s]",
                               "fit CPU [s]"], rows2))
+
+
+def stage_times(model, fit_seconds):
+    """Wall time of each stage of a fit, from its history: training epochs,
+    label updates, the label transfer, and what runs outside the epochs
+    (set-up and the balancing and head choice after training)."""
+    history = model.history_
+    epochs = sum(row["dur"] for row in history)
+    updates = sum(row["label_update"]["time"] for row in history if "label_update" in row)
+    transfer = sum(row["label_transfer"]["time"] for row in history if "label_transfer" in row)
+    return {
+        "training epochs": epochs - updates - transfer,
+        f"label updates ({model.net_.label_updates_ - bool(transfer)})": updates,
+        "label transfer": transfer,
+        "outside the epochs": fit_seconds - epochs,
+        "fit": fit_seconds,
+    }
+
+
+def headline(args, params):
+    """K=3000, T=10 on Fashion-MNIST: stage times and peak memory."""
+    Xtr, ytr, Xte, yte = load_data("fashion", subset=args.subset)
+    params = dict(params, n_clusters=3000, n_heads=10)
+    print(f"# headline: train {Xtr.shape}, params {params}", flush=True)
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        model = SelfLabelClusterer(random_state=seed, verbose=1, **params).fit(Xtr)
+        dt = time.perf_counter() - t0
+        rows = [[name, f"{sec:.0f}", f"{sec / dt:.0%}"]
+                for name, sec in stage_times(model, dt).items()]
+        rows.append(["peak RSS [GB]", f"{_peak_gb():.2f}", ""])
+        sizes = np.bincount(model.labels_, minlength=3000)
+        rows.append(["clusters used / smallest / largest",
+                     f"{(sizes > 0).sum()} / {sizes.min()} / {sizes.max()}", ""])
+        rows.append(["NMI of labels_ (train) / predict (test)",
+                     f"{normalized_mutual_info_score(ytr, model.labels_):.3f} / "
+                     f"{normalized_mutual_info_score(yte, model.predict(Xte)):.3f}", ""])
+        print()
+        print(f"seed {seed}, {model.n_epochs_} epochs, head_ {model.head_}")
+        print(markdown_table(["stage", "seconds", "share"], rows))
 
 
 def main(argv=None):
@@ -289,8 +302,10 @@ def main(argv=None):
     p.add_argument("--label-updates", nargs="*", default=[0, "auto"], metavar="M",
                    help="ablation n_label_updates values (default: 0 auto)")
     p.add_argument("--no-kmeans", action="store_true")
-    p.add_argument("--save-models", metavar="DIR", default=None,
-                   help="also save each fit of the main table to DIR (created if missing)")
+    p.add_argument("--headline", action="store_true",
+                   help="fit K=3000, T=10 on Fashion-MNIST and print stage times instead")
+    p.add_argument("--graph", action="store_true",
+                   help="also score BalancedGraphClustering on each fit's features")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -301,11 +316,11 @@ def main(argv=None):
     if args.max_epochs is not None:
         params["max_epochs"] = int(args.max_epochs)
     params.update(_parse_param(t) for t in args.param)
-    if args.save_models:
-        os.makedirs(args.save_models, exist_ok=True)
     print(machine_info())
     print(f"params: {params}", flush=True)
-    if args.ablations:
+    if args.headline:
+        headline(args, params)
+    elif args.ablations:
         ablations(args, params)
     else:
         main_table(args, params)

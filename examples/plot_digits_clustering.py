@@ -37,8 +37,8 @@ images = digits.images[:n_samples]
 # --------------
 # Ten clusters. :class:`~sklearn_sela.metrics.TrueLabelNMI` records, at every
 # label update, how well the heads' self-labels agree with the true digits --
-# only for the plot below; training never sees them. ``labels_`` is the
-# balanced partition of the learned features (``labels_from="auto"``).
+# only for the plot below; training never sees them. ``labels_`` is what the
+# trained network predicts for the training images (``model.predict(X)``).
 model = SelfLabelClusterer(
     n_clusters=10,
     max_epochs=max_epochs,
@@ -57,7 +57,7 @@ for name, labels in [("SeLa", model.labels_), ("k-means", kmeans.labels_)]:
 # ------------
 # Each row is one cluster with its size; the images are random members.
 # SeLa's constraint keeps the clusters close to equal in size.
-fig, ax = plt.subplots(figsize=(7, 6))
+fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
 plot_cluster_montage(images, model.labels_, n_per_cluster=12, ax=ax,
                      title="SeLa clusters of the digits")
 plt.show()
@@ -67,7 +67,8 @@ plt.show()
 # -----------------------------
 # NMI between each labelling and the one before it (solid) climbs towards 1
 # as the labels settle; NMI with the true digits (dashed) shows what the
-# clusters capture. Compare figure A.1 of the paper.
-fig, ax = plt.subplots(figsize=(7, 3.5))
+# clusters capture. With the default ten heads, the lines are the median over
+# the heads and the shaded bands their range. Compare figure A.1 of the paper.
+fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
 plot_label_nmi(model.history_, ax=ax)
 plt.show()

@@ -2,7 +2,8 @@
 for scikit-learn.
 
 Layers, bottom to top: :mod:`~sklearn_sela.sinkhorn` (the solver),
-:mod:`~sklearn_sela.assigner` (``SinkhornAssigner``), :mod:`~sklearn_sela.data`,
+:mod:`~sklearn_sela.assigner` (``SinkhornAssigner``) and
+:mod:`~sklearn_sela.partition` (``BalancedGraphClustering``), :mod:`~sklearn_sela.data`,
 :mod:`~sklearn_sela.image_files` and :mod:`~sklearn_sela.backbones` (inputs,
 image folders and networks),
 :mod:`~sklearn_sela.training` (the skorch self-labelling loop),
@@ -13,10 +14,12 @@ image folders and networks),
 from .sinkhorn import SinkhornResult, balanced_sizes, sinkhorn_knopp, soft_assignments
 from .assigner import SinkhornAssigner
 from .clusterer import SelfLabelClusterer
+from .partition import BalancedGraphClustering
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BalancedGraphClustering",
     "SelfLabelClusterer",
     "SinkhornAssigner",
     "SinkhornResult",

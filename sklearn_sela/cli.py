@@ -7,7 +7,8 @@ Sub-commands:
     a montage of the clusters and a plot of label stability.
 ``sela fit PATH``
     Train on an image folder (any nesting) or a ``.npy``/``.npz`` array and
-    write the self-labels, the model, a montage per head and a summary.
+    write the clusters and self-labels, the model, a montage of the clusters
+    and a summary.
 ``sela predict MODEL PATH`` / ``sela transform MODEL PATH``
     Cluster new data, or extract its features, with a saved model.
 
@@ -344,7 +345,8 @@ def _infer(est, data, what, quiet, desc):
         if what == "features":
             parts.append(est.transform(chunk))
         else:
-            parts.append(est._cluster_and_head_probas(chunk))
+            heads = est.predict_proba_heads(chunk)
+            parts.append([heads[est.head_]] + heads)
     if what == "features":
         return np.concatenate(parts)
     return [np.concatenate([p[t] for p in parts]) for t in range(len(parts[0]))]
@@ -589,22 +591,14 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
         max_epochs=args.epochs,
         lr=args.lr,
         n_label_updates=args.label_updates,
-        assign=args.assign,
-        labels_from=args.labels_from,
-        whiten=not args.no_whiten,
         image_size=args.image_size,
         device=args.device,
         num_workers=args.workers,
         callbacks=callbacks,
         checkpoint_dir=checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
         random_state=args.seed,
         **_given(batch_size=args.batch_size, n_heads=args.heads, lam=args.lam,
-                 label_neighbors=args.label_neighbors,
-                 partition_n_init=args.partition_inits,
-                 partition_smoothing=args.partition_smoothing,
-                 partition_views=args.partition_views,
-                 partition_spectral=False if args.no_partition_spectral else None),
+                 label_neighbors=args.label_neighbors),
         # "none" asks for the paper's linear heads on the backbone features.
         **{name: None if value == "none" else value
            for name, value in _given(projection=args.projection,
@@ -615,7 +609,7 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
 def cmd_fit(args):
     """``sela fit``: train on a folder or array; write labels, model, summary."""
     from . import __version__
-    from .persistence import _params_to_json, save_model
+    from .persistence import model_params, save_model
     from .plotting import plot_cluster_montage, plot_label_nmi
     from .training import CHECKPOINT_FILE
 
@@ -630,6 +624,7 @@ def cmd_fit(args):
                 f"--resume: no checkpoint in {ckpt_dir!r} (was the first run "
                 "started with --checkpoint and the same --out?)."
             )
+        args.checkpoint_path = ckpt_dir
         if not args.resume and exists:
             raise UserError(
                 f"{ckpt_dir!r} already holds a checkpoint; add --resume to "
@@ -673,23 +668,13 @@ def cmd_fit(args):
     updates = _label_update_records(est.history_)
     plots = (images is not None or bool(updates)) and _can_plot(args)
     if plots and images is not None:
-        if est.labels_from_ != "head":
-            path = os.path.join(out, "montage.png")
-            plot_cluster_montage(
-                images, est.labels_, n_per_cluster=args.montage_cols,
-                max_clusters=args.montage_rows, random_state=0,
-                title=f"Partition of the features: {est.n_clusters_[est.head]} clusters",
-                path=path,
-            )
-            outputs["montage"] = path
-        for t, k in enumerate(est.n_clusters_):
-            path = os.path.join(out, f"montage_head{t}.png")
-            plot_cluster_montage(
-                images, est.labels_all_[:, t], n_per_cluster=args.montage_cols,
-                max_clusters=args.montage_rows, random_state=0,
-                title=f"Head {t}: {k} clusters", path=path,
-            )
-            outputs[f"montage_head{t}"] = path
+        path = os.path.join(out, "montage.png")
+        plot_cluster_montage(
+            images, est.labels_, n_per_cluster=args.montage_cols,
+            max_clusters=args.montage_rows, random_state=0,
+            title=f"Clusters of head {est.head_}", path=path,
+        )
+        outputs["montage"] = path
     if plots and updates:
         outputs["label_nmi_plot"] = os.path.join(out, "label_nmi.png")
         plot_label_nmi(est.history_, path=outputs["label_nmi_plot"])
@@ -703,10 +688,7 @@ def cmd_fit(args):
             "max_size": int(sizes.max()),
         }
 
-    clusters = {
-        "labels_from": est.labels_from_,
-        **sizes_of(est.labels_, est.n_clusters_[est.head]),
-    }
+    clusters = {"head": int(est.head_), **sizes_of(est.labels_, est.n_clusters_[est.head_])}
     heads = [
         {"head": t, **sizes_of(est.labels_all_[:, t], k)}
         for t, k in enumerate(est.n_clusters_)
@@ -731,7 +713,7 @@ def cmd_fit(args):
             "sample_shape": list(est.input_info_.sample_shape),
             "skipped": [{"path": p, "reason": why} for p, why in inp.skipped],
         },
-        "parameters": json.loads(_params_to_json(est)),
+        "parameters": model_params(est),
         "seed": int(est.net_.label_seed),
         "device": str(est.net_.device),
         "n_epochs": int(est.n_epochs_),
@@ -749,7 +731,7 @@ def cmd_fit(args):
     summary_path = os.path.join(out, "summary.json")
     _write_json(summary_path, summary)
     _say(args, f"trained {est.n_epochs_} epochs in {t_fit:.1f}s; cluster sizes "
-               + f"{clusters['min_size']}-{clusters['max_size']} (from the {est.labels_from_}); "
+               + f"{clusters['min_size']}-{clusters['max_size']} (head {est.head_}); "
                + "; ".join(f"head {h['head']}: {h['min_size']}-{h['max_size']}" for h in heads))
     if counter.convergence:
         _say(args, f"note: {counter.convergence} Sinkhorn solve(s) stopped at the "
@@ -815,8 +797,6 @@ def cmd_transform(args):
     """``sela transform``: backbone features of new data."""
     out = _out_dir(args.out)
     est = _load_for_inference(args)
-    if args.no_whiten:
-        est.set_params(whiten=False)
     inp = _load_for_model(est, args)
     feats = _infer(est, inp.data, "features", args.quiet, "features")
     path = os.path.join(out, "features.npy")
@@ -936,8 +916,8 @@ def build_parser():
     p.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
                    help="training epochs (default: the estimator's 'auto', 200 here)")
     p.add_argument("--heads", type=_positive_int, default=None, metavar="T",
-                   help="clustering heads T (default: the estimator's, 10); labels "
-                        "are reported for head 0")
+                   help="clustering heads T (default: the estimator's, 10); the "
+                        "scores are those of the head chosen after training")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed")
     _common(p, reading=False)
     p.set_defaults(func=cmd_demo)
@@ -954,11 +934,11 @@ def build_parser():
             "Unreadable image files are skipped and reported; images of "
             "different sizes need --image-size.",
             "Writes into --out: labels.csv (file path, or row index for "
-            "arrays, then the cluster -- the partition of the learned "
-            "features -- and one self-label column per head), model.pt "
+            "arrays, then the cluster -- what the model predicts for it -- "
+            "and one self-label column per head), model.pt "
             "(weights and plain parameters, loaded without running code), "
-            "montage.png of the clusters and montage_headT.png per head "
-            "(images only), label_nmi.png, features.npy (with "
+            "montage.png of the clusters (images only), label_nmi.png, "
+            "features.npy (with "
             "--features) and summary.json (parameters, times, cluster sizes, "
             "Sinkhorn iterations per label update, skipped files)."
         ),
@@ -980,29 +960,6 @@ def build_parser():
                    metavar="T|none",
                    help="temperature of the cosine heads (default 0.1); none: linear "
                         "heads, as in the paper")
-    m.add_argument("--labels-from", choices=("auto", "features", "head", "spectral"),
-                   default="auto",
-                   help="clusters of labels.csv and the model: a balanced partition of "
-                        "the learned features (auto, features), head 0's self-labels "
-                        "(head), or spectral clustering of the features' 10-NN graph "
-                        "(spectral, clusters of any size)")
-    m.add_argument("--partition-inits", type=_int_at_least(1), default=None, metavar="N",
-                   help="k-means runs of the feature partition; the one that splits the "
-                        "fewest nearest-neighbour pairs is kept (default: "
-                        "SelfLabelClusterer's)")
-    m.add_argument("--partition-smoothing", type=_nonneg_int, default=None,
-                   metavar="T",
-                   help="steps of averaging the features over their 10 nearest neighbours "
-                        "before the feature partition; 0: the features themselves "
-                        "(default: SelfLabelClusterer's)")
-    m.add_argument("--partition-views", type=_nonneg_int, default=None, metavar="V",
-                   help="randomly augmented views of each training image whose features "
-                        "are averaged for the feature partition; 0: the images without "
-                        "augmentation (default: SelfLabelClusterer's)")
-    m.add_argument("--no-partition-spectral", action="store_true",
-                   help="keep the feature partition as the k-means finds it, without "
-                        "refining it in the spectral embedding of the features' "
-                        "10-NN graph")
     m.add_argument("--image-size", type=_parse_image_size, default=None, metavar="S|HxW",
                    help="resize images to S x S or H x W pixels (needed when "
                         "the images differ in size)")
@@ -1021,8 +978,6 @@ def build_parser():
     t.add_argument("--lam", type=_positive_float_or("auto"), default=None, metavar="LAMBDA|auto",
                    help="Sinkhorn lambda (default auto: 25 with linear heads, "
                         "20 x temperature with cosine heads)")
-    t.add_argument("--assign", choices=("argmax", "balanced"), default="argmax",
-                   help="labels from the transport plan by argmax, or as an exact equipartition")
     t.add_argument("--no-augment", action="store_true", help="train without data augmentation")
     t.add_argument("--seed", type=int, default=None, metavar="N",
                    help="random seed (default: random; the seed used is in summary.json)")
@@ -1030,12 +985,8 @@ def build_parser():
     o.add_argument("--out", default=".", metavar="DIR", help="output folder (created if missing)")
     o.add_argument("--features", action="store_true",
                    help="also write the backbone features of the training data to features.npy")
-    o.add_argument("--no-whiten", action="store_true",
-                   help="features (features.npy, and 'sela transform' with this model) "
-                        "as the network gives them, not whitened with the training "
-                        "features' mean and covariance")
     o.add_argument("--montage-rows", type=_positive_int, default=20, metavar="N",
-                   help="clusters shown per montage (a random subset when there are more)")
+                   help="clusters shown in the montage (the largest when there are more)")
     o.add_argument("--montage-cols", type=_positive_int, default=10, metavar="N",
                    help="images per cluster in the montages")
     o.add_argument("--score-folders", action="store_true",
@@ -1043,10 +994,8 @@ def build_parser():
                         "ACC/NMI/ARI against the folder names in summary.json")
     c = p.add_argument_group("checkpoints")
     c.add_argument("--checkpoint", action="store_true",
-                   help="save the training state after every --checkpoint-every "
-                        "epochs, to resume an interrupted run")
-    c.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
-                   help="epochs between checkpoints")
+                   help="save the training state after every epoch, to resume an "
+                        "interrupted run")
     c.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help="checkpoint folder (default: OUT/checkpoint)")
     c.add_argument("--resume", action="store_true",
@@ -1084,10 +1033,6 @@ def build_parser():
         if name == "predict":
             p.add_argument("--proba", action="store_true",
                            help="also write the cluster probabilities, overall and per head")
-        else:
-            p.add_argument("--no-whiten", action="store_true",
-                           help="the features as the network gives them, even if the "
-                                "model whitens them")
         _common(p)
         p.set_defaults(func=func)
     return parser
@@ -1118,9 +1063,11 @@ def main(argv=None):
         _setup_torch(args)
         return args.func(args)
     except KeyboardInterrupt:
-        hint = ""
-        if getattr(args, "checkpoint", False) or getattr(args, "resume", False):
-            hint = "; run the same command with --resume to continue"
+        hint = "; no results were written" if args.func is cmd_fit else ""
+        ckpt = getattr(args, "checkpoint_path", None)
+        if ckpt is not None and os.path.exists(os.path.join(ckpt, "checkpoint.pt")):
+            hint += (f"; the checkpoint in {ckpt} holds the last complete epoch: run "
+                     "the same command with --resume to continue")
         print(f"sela: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as exc:

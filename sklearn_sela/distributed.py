@@ -51,6 +51,7 @@ __all__ = [
     "ShardEpoch",
     "DistributedFit",
     "unwrap_module",
+    "broadcast_buffers",
     "update_labels_distributed",
 ]
 
@@ -401,12 +402,19 @@ def unwrap_module(module):
     return module
 
 
-def _broadcast_buffers(module, group):
+def broadcast_buffers(module, group):
     """Give every rank rank 0's buffers (batch-norm running statistics).
 
     DDP keeps parameters identical; buffers updated by a rank's last training
-    forward are not, so they are synchronised before a labelling pass and at
-    the end of training.
+    forward are not, so they are synchronised before a labelling pass, the
+    label transfer and at the end of training.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The unwrapped module (see :func:`unwrap_module`).
+    group : ProcessGroup
+        The ranks to synchronise.
     """
     bufs = [b for b in module.buffers() if b.numel()]
     if not bufs:
@@ -598,7 +606,7 @@ class DistributedFit:
     def unwrap(self, net):
         """Remove the DDP wrapper; every rank keeps rank 0's buffers."""
         module = unwrap_module(net.module_)
-        _broadcast_buffers(module, self.group)
+        broadcast_buffers(module, self.group)
         net.module_ = module
         return net
 
@@ -628,7 +636,7 @@ def update_labels_distributed(net, dataset, group):
     lo, hi = shard_bounds(n, world, rank)
     dev = collective_device(group)
     module = unwrap_module(net.module_)
-    _broadcast_buffers(module, group)
+    broadcast_buffers(module, group)
     local = torch.empty((hi - lo, len(net.n_clusters)), dtype=torch.int64, device=dev)
     feats = net.label_pass_features(dataset, hi - lo)
     neighbors = None

@@ -2,9 +2,8 @@
 
 Pure torch on tensors: the k-nearest-neighbour search behind the spectral
 partition (:mod:`sklearn_sela.spectral`), behind the neighbour-averaged
-self-labelling step (``SelfLabelClusterer(label_neighbors=k)``) and behind
-the feature partition of ``SelfLabelClusterer`` (the averaging of
-``partition_smoothing`` and the choice of ``partition_n_init``). The
+self-labelling step (``SelfLabelClusterer(label_neighbors=k)``), its label
+transfer and choice of head, and :class:`~sklearn_sela.BalancedGraphClustering`. The
 ``(rows, N)`` similarity block of one matrix product is capped, so the
 memory stays bounded whatever ``N`` is; the products run on the features'
 device.

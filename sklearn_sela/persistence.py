@@ -8,67 +8,29 @@ arbitrary code when loaded. The network is rebuilt from the saved
 parameters by the estimator's own construction code and the weights are
 copied into it.
 
-Layout of the archive (``"format_version": 10``)::
+Layout of the archive::
 
     {
       "format": "sklearn-sela-model",
-      "format_version": 10,
+      "format_version": 1,
       "library_version": "0.1.0",
+      "estimator": "SelfLabelClusterer",
       "params": "<JSON of the estimator's get_params()>",
       "state_dict": {... torch module weights ...},
-      "input_info": {"kind": "image", "sample_shape": [1, 8, 8], "n_samples": 1797},
-      "n_clusters": [10],
-      "max_epochs": 200, "seed": 1234, "n_epochs": 200,
-      "labels": LongTensor (n_samples, n_heads),   # self-labels of the training set
-      "log_betas": [Tensor or None per head],
-      "label_updates": 100,
-      "history": "<JSON of the skorch history>",
-      "labels_from": "features",                  # or "head", "spectral"
-      "whitening": {"mean": Tensor (D,), "matrix": Tensor (D, D)},
-      "partition": {                               # None with "head"
-        "params": "<JSON of the SinkhornAssigner's get_params()>",
-        "cluster_centers": Tensor (K, D), "log_beta": Tensor (K,),
-        "labels": LongTensor (n_samples,),        # the assigner's labels_
-        "partition_labels": LongTensor (n_samples,),  # the estimator's labels_
-        "inertia": float, "temperature": float, "n_iter": int,
-        "n_features_in": int
+      "fitted": {
+        "input_info": {"kind": "image", "sample_shape": [1, 8, 8], "n_samples": 1797},
+        "n_clusters_": [10, ...], "head_": 3, "n_epochs_": 200,
+        "labels_": LongTensor (n_samples,),
+        "labels_all_": LongTensor (n_samples, n_heads),
+        "log_betas_": [Tensor or None per head],
+        "history": "<JSON of the skorch history>",
+        "max_epochs": 200, "seed": 1234, "label_updates": 100
       }
     }
 
-With ``"labels_from": "spectral"`` the partition is the vote for new
-samples instead::
-
-      "partition": {
-        "params": "<JSON of the KNeighborsClassifier's get_params()>",
-        "features": Tensor (n_samples, D),         # the training features
-        "labels": LongTensor (n_samples,)
-      }
-
-Formats 1 to 9 are still read. They predate ``partition_spectral``: their
-feature partitions were not refined in the spectral embedding, their
-``labels_`` are the assigner's ``labels``, and their models get
-``partition_spectral=False`` (format 10 adds that parameter and
-``partition_labels``). Formats 1 to 8 also predate ``partition_views``: their
-feature partitions come from the features without augmentation, and their
-models get ``partition_views=0`` (format 9 differs from 8 in that parameter
-only, so that an older sklearn-sela refuses a file whose parameters it does
-not know). Formats 1 to 7 also predate ``partition_smoothing``: their
-feature partitions come from the features themselves, and their models get
-``partition_smoothing=0`` (format 8 differs from 7 in that parameter
-only). Formats 1 to 6 also predate ``partition_n_init``: their
-feature partitions come from a single k-means run, and their models get
-``partition_n_init=1`` (format 7 differs from 6 in that parameter only). Formats 1
-to 5 also predate ``label_neighbors``: their
-models were trained with the paper's self-labelling step and get
-``label_neighbors=1`` (format 6 differs from 5 in that parameter only, so
-that an older sklearn-sela refuses a file whose parameters it does not
-know). Formats 1 to 4 predate the whitening statistics, so
-their models get ``whiten=False`` and ``transform`` returns the features
-as it did; formats 1 to 3 also predate ``labels_from="spectral"``. The
-networks of formats 1 and 2 predate ``projection`` and
-``temperature`` (linear heads on the backbone features, ``lam`` 25), which
-their models get; format 1 also predates ``labels_from``, so its models
-take their labels from the head, as they did.
+A file whose parameters are not exactly the estimator's (a name missing or
+unknown, e.g. written by another version) is refused with a
+:class:`ModelFileError` naming them.
 """
 
 # Authors: sklearn-sela developers
@@ -81,10 +43,10 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ["save_model", "load_model", "ModelFileError"]
+__all__ = ["save_model", "load_model", "model_params", "ModelFileError"]
 
 MODEL_FORMAT = "sklearn-sela-model"
-MODEL_FORMAT_VERSION = 10
+MODEL_FORMAT_VERSION = 1
 
 # Parameters that cannot be stored as JSON and have no meaning for a loaded
 # model (they only affect training), with the value a loaded model gets.
@@ -104,74 +66,38 @@ def _jsonable(value):
         return float(value)
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        # e.g. the initial centres of a refined feature partition
-        return value.tolist()
     raise TypeError(type(value).__name__)
 
 
-def _params_json(estimator):
-    return json.dumps({k: _jsonable(v) for k, v in estimator.get_params().items()})
+def model_params(est):
+    """The parameters of a fitted estimator as a model file stores them.
 
+    ``get_params(deep=False)`` as plain JSON values: ``random_state`` is the
+    seed the fit used, training-only parameters that cannot be stored
+    (``callbacks``, ``checkpoint_dir``) are None, and a custom augmentation
+    callable is ``"auto"`` (with a warning; inference does not use it).
 
-def _partition_state(est):
-    if est.labels_from_ == "spectral":
-        vote = est.feature_classifier_
-        return {
-            "params": _params_json(vote),
-            # The vote's own copy of the training features (no other is kept).
-            "features": torch.as_tensor(vote._fit_X),
-            "labels": torch.as_tensor(est.labels_, dtype=torch.int64),
-        }
-    if est.labels_from_ != "features":
-        return None
-    sa = est.feature_assigner_
-    return {
-        "params": _params_json(sa),
-        "cluster_centers": torch.as_tensor(sa.cluster_centers_),
-        "log_beta": torch.as_tensor(sa.log_beta_),
-        "labels": torch.as_tensor(sa.labels_, dtype=torch.int64),
-        # labels_ itself: the partition refined in the spectral embedding
-        # (partition_spectral), which the assigner's own assignment of the
-        # training samples need not reproduce.
-        "partition_labels": torch.as_tensor(est.labels_, dtype=torch.int64),
-        "inertia": float(sa.inertia_),
-        "temperature": float(sa.temperature_),
-        "n_iter": int(sa.n_iter_),
-        "n_features_in": int(sa.n_features_in_),
-    }
+    Parameters
+    ----------
+    est : SelfLabelClusterer
+        A fitted estimator.
 
+    Returns
+    -------
+    params : dict
 
-def _vote_from_state(part):
-    from sklearn.neighbors import KNeighborsClassifier
-
-    vote = KNeighborsClassifier(**json.loads(part["params"]))
-    return vote.fit(part["features"].numpy(), part["labels"].numpy())
-
-
-def _partition_from_state(part):
-    from .assigner import SinkhornAssigner
-
-    sa = SinkhornAssigner(**json.loads(part["params"]))
-    sa.cluster_centers_ = part["cluster_centers"].numpy()
-    sa.log_beta_ = part["log_beta"].numpy()
-    sa.labels_ = part["labels"].numpy()
-    sa.inertia_ = float(part["inertia"])
-    sa.temperature_ = float(part["temperature"])
-    sa.n_iter_ = int(part["n_iter"])
-    sa.n_features_in_ = int(part["n_features_in"])
-    return sa
-
-
-def _params_to_json(est):
+    Raises
+    ------
+    ValueError
+        If a parameter (e.g. a custom backbone module) cannot be stored as a
+        plain value.
+    """
     params = {}
     for name, value in est.get_params(deep=False).items():
         if name in _TRAINING_ONLY:
             params[name] = _TRAINING_ONLY[name]
             continue
         if name == "random_state":
-            # The seed actually used is saved separately; an int keeps the
-            # loaded estimator's get_params() honest and JSON-able.
             value = int(est.net_.label_seed)
         if name == "augment" and callable(value):
             warnings.warn(
@@ -192,7 +118,7 @@ def _params_to_json(est):
                 "as 'convnet', or save the torch module yourself with "
                 "torch.save(est.net_.module_.state_dict(), path)."
             ) from None
-    return json.dumps(params)
+    return params
 
 
 def save_model(est, path):
@@ -247,28 +173,26 @@ def save_model(est, path):
         "format_version": MODEL_FORMAT_VERSION,
         "library_version": _library_version(),
         "estimator": type(est).__name__,
-        "params": _params_to_json(est),
+        "params": json.dumps(model_params(est)),
         "state_dict": {k: v.detach().cpu() for k, v in net.module_.state_dict().items()},
-        "input_info": {
-            "kind": info.kind,
-            "sample_shape": list(info.sample_shape),
-            "n_samples": int(info.n_samples),
-        },
-        "n_clusters": [int(k) for k in est.n_clusters_],
-        "max_epochs": int(net.max_epochs),
-        "seed": int(net.label_seed),
-        "n_epochs": int(est.n_epochs_),
-        "labels": torch.as_tensor(np.asarray(est.labels_all_), dtype=torch.int64),
-        "log_betas": [
-            None if b is None else torch.as_tensor(np.asarray(b)) for b in est.log_betas_
-        ],
-        "label_updates": int(getattr(net, "label_updates_", 0)),
-        "history": json.dumps(net.history.to_list(), default=_json_default),
-        "labels_from": est.labels_from_,
-        "partition": _partition_state(est),
-        "whitening": {
-            "mean": torch.as_tensor(est.whitening_mean_),
-            "matrix": torch.as_tensor(est.whitening_matrix_),
+        "fitted": {
+            "input_info": {
+                "kind": info.kind,
+                "sample_shape": list(info.sample_shape),
+                "n_samples": int(info.n_samples),
+            },
+            "n_clusters_": [int(k) for k in est.n_clusters_],
+            "head_": int(est.head_),
+            "n_epochs_": int(est.n_epochs_),
+            "labels_": torch.as_tensor(np.asarray(est.labels_), dtype=torch.int64),
+            "labels_all_": torch.as_tensor(np.asarray(est.labels_all_), dtype=torch.int64),
+            "log_betas_": [
+                None if b is None else torch.as_tensor(np.asarray(b)) for b in est.log_betas_
+            ],
+            "history": json.dumps(net.history.to_list(), default=_json_default),
+            "max_epochs": int(net.max_epochs),
+            "seed": int(net.label_seed),
+            "label_updates": int(getattr(net, "label_updates_", 0)),
         },
     }
     path = os.fspath(path)
@@ -312,11 +236,13 @@ def _read(path):
             f"{path!r} is not a sklearn-sela model file (written by "
             "sklearn_sela.persistence.save_model or 'sela fit')."
         )
-    if int(state.get("format_version", 0)) > MODEL_FORMAT_VERSION:
+    version = state.get("format_version")
+    if version != MODEL_FORMAT_VERSION:
         raise ModelFileError(
-            f"{path!r} was written by a newer sklearn-sela (model format "
-            f"{state['format_version']}); this version reads format "
-            f"{MODEL_FORMAT_VERSION}. Upgrade sklearn-sela."
+            f"{path!r} has model format {version!r}, written by sklearn-sela "
+            f"{state.get('library_version', '?')}; this is sklearn-sela "
+            f"{_library_version()}, which reads format {MODEL_FORMAT_VERSION}. "
+            "Load it with the version that wrote it, or fit the model again."
         )
     return state
 
@@ -341,17 +267,15 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     Returns
     -------
     est : SelfLabelClusterer
-        Fitted: ``labels_``, ``labels_all_``, ``labels_from_``,
-        ``feature_assigner_`` or ``feature_classifier_`` (when fitted), ``n_clusters_``, ``net_``,
-        ``history_``, ``log_betas_``, ``input_info_``, ``n_epochs_`` and
-        the whitening statistics (format 5) are restored, so :meth:`predict`, :meth:`predict_proba`,
-        :meth:`transform` and :meth:`score` give the same results as on the
-        saved estimator.
+        Fitted: every fitted attribute is restored, so :meth:`predict`,
+        :meth:`predict_proba`, :meth:`transform` and :meth:`score` give the
+        same results as on the saved estimator.
 
     Raises
     ------
     ModelFileError
-        If the file is missing, unreadable, or not a sklearn-sela model.
+        If the file is missing, unreadable, not a sklearn-sela model, or
+        holds parameters other than this version's.
 
     Notes
     -----
@@ -365,32 +289,22 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     from .data import InputInfo
 
     state = _read(path)
+    where = os.fspath(path)
     try:
         params = json.loads(state["params"])
-        # Format 1 predates labels_from: those models used their head.
-        labels_from = state.get("labels_from", "head")
-        params.setdefault("labels_from", labels_from)
-        # Formats 1 and 2 predate the projection and cosine heads.
-        params.setdefault("projection", None)
-        params.setdefault("temperature", None)
-        # Formats 1 to 4 predate the whitening: their features stay raw.
-        whitening = state.get("whitening")
-        params.setdefault("whiten", False)
-        # Formats 1 to 5 predate the neighbour-averaged self-labelling.
-        params.setdefault("label_neighbors", 1)
-        # Formats 1 to 6 predate the choice among several partitions.
-        params.setdefault("partition_n_init", 1)
-        # Formats 1 to 7 predate the neighbour-averaged partition.
-        params.setdefault("partition_smoothing", 0)
-        # Formats 1 to 8 predate the partition of view-averaged features.
-        params.setdefault("partition_views", 0)
-        # Formats 1 to 9 predate the refinement in the spectral embedding.
-        params.setdefault("partition_spectral", False)
-        partition = None
-        if labels_from == "features":
-            partition = _partition_from_state(state["partition"])
-        elif labels_from == "spectral":
-            partition = _vote_from_state(state["partition"])
+        known = set(SelfLabelClusterer().get_params(deep=False))
+        unknown, missing = sorted(set(params) - known), sorted(known - set(params))
+        if unknown or missing:
+            raise ModelFileError(
+                f"{where!r} does not fit this sklearn-sela "
+                f"({_library_version()}; the file is from "
+                f"{state.get('library_version', '?')}): "
+                + "; ".join(
+                    f"{what} parameter(s) {', '.join(names)}"
+                    for what, names in (("unknown", unknown), ("missing", missing)) if names
+                )
+                + ". Load it with the version that wrote it, or fit the model again."
+            )
         for name, value in (
             ("device", device),
             ("batch_size", batch_size),
@@ -400,20 +314,30 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
             if value is not None:
                 params[name] = value
         est = SelfLabelClusterer(**params)
+        fitted = state["fitted"]
         info = InputInfo(
-            state["input_info"]["kind"],
-            tuple(state["input_info"]["sample_shape"]),
-            state["input_info"]["n_samples"],
+            fitted["input_info"]["kind"],
+            tuple(fitted["input_info"]["sample_shape"]),
+            fitted["input_info"]["n_samples"],
         )
-        ks = [int(k) for k in state["n_clusters"]]
+        ks = [int(k) for k in fitted["n_clusters_"]]
+        head = int(fitted["head_"])
+        labels = fitted["labels_"].numpy().astype(np.int64)
+        labels_all = fitted["labels_all_"].to(torch.int64)
+        log_betas = list(fitted["log_betas_"])
+        history = History(json.loads(fitted["history"]))
+        max_epochs, seed = int(fitted["max_epochs"]), int(fitted["seed"])
+        label_updates, n_epochs = int(fitted["label_updates"]), int(fitted["n_epochs_"])
+    except ModelFileError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(
-            f"{os.fspath(path)!r} is a damaged sklearn-sela model file ({exc})."
+            f"{where!r} is a damaged sklearn-sela model file ({exc})."
         ) from exc
     est.input_info_ = info
     if info.kind == "tabular":
         est.n_features_in_ = info.sample_shape[0]
-    net = est._build_net(info, ks, int(state["max_epochs"]), info.n_samples, int(state["seed"]))
+    net = est._build_net(info, ks, max_epochs, info.n_samples, seed)
     net.initialize()
     try:
         net.module_.load_state_dict(state["state_dict"])
@@ -421,34 +345,19 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
         detail = " ".join(str(exc).split())
         detail = detail.split(":", 1)[-1].strip()[:300]
         raise ModelFileError(
-            f"The weights in {os.fspath(path)!r} do not fit the network its "
-            f"parameters describe: it was written by sklearn-sela "
-            f"{state.get('library_version', '?')}, this is {_library_version()}, "
-            f"and the network may have changed in between ({detail})."
+            f"The weights in {where!r} do not fit the network its "
+            f"parameters describe ({detail})."
         ) from exc
     net.module_.eval()
-    labels = state["labels"].to(torch.int64)
-    net.labels_ = labels.clone()
-    net.log_betas_ = list(state["log_betas"])
-    net.label_updates_ = int(state["label_updates"])
-    net.history_ = History(json.loads(state["history"]))
+    net.labels_ = labels_all.clone()
+    net.log_betas_ = log_betas
+    net.label_updates_ = label_updates
+    net.history_ = history
     est.net_ = net
     est.n_clusters_ = ks
-    est.n_epochs_ = int(state["n_epochs"])
-    est.labels_all_ = labels.numpy().copy()
-    est.labels_from_ = labels_from
-    if labels_from == "features":
-        est.feature_assigner_ = partition
-        # Formats 1 to 9 have no refinement: labels_ is the assigner's.
-        part = state["partition"]
-        est.labels_ = part.get("partition_labels", part["labels"]).numpy().copy()
-    elif labels_from == "spectral":
-        est.feature_classifier_ = partition
-        est.labels_ = state["partition"]["labels"].numpy().copy()
-    else:
-        est.labels_ = est.labels_all_[:, est.head].copy()
-    est.log_betas_ = [None if b is None else b.numpy() for b in state["log_betas"]]
-    if whitening is not None:
-        est.whitening_mean_ = whitening["mean"].numpy()
-        est.whitening_matrix_ = whitening["matrix"].numpy()
+    est.head_ = head
+    est.n_epochs_ = n_epochs
+    est.labels_all_ = labels_all.numpy().copy()
+    est.labels_ = labels
+    est.log_betas_ = [None if b is None else b.numpy() for b in log_betas]
     return est

@@ -1,12 +1,11 @@
 """Spectral clustering of learned features through their k-nearest-neighbour graph.
 
-The partition behind ``SelfLabelClusterer(labels_from="spectral")``: the
-cosine k-nearest-neighbour graph of the features, symmetrised, and the
+The cosine k-nearest-neighbour graph of the features, symmetrised, and the
 normalised spectral clustering of Ng, Jordan and Weiss (2001) on it -- the
 leading eigenvectors of ``D^-1/2 A D^-1/2``, rows scaled to unit length,
 then k-means. The same embedding, of a neighbour graph already searched
 (:func:`neighbor_spectral_embedding`), is where
-``SelfLabelClusterer(partition_spectral=True)`` refines its balanced
+:class:`~sklearn_sela.BalancedGraphClustering` refines its balanced
 partition. Pure numerics on numpy / torch / scipy arrays (the neighbour
 search is :func:`sklearn_sela.neighbors.cosine_neighbors`).
 

@@ -26,6 +26,7 @@ from .backbones import MultiHeadNet
 from .data import AugmentedDataset
 from .distributed import (
     all_gather_rows,
+    broadcast_buffers,
     get_process_group,
     get_rank,
     get_world_size,
@@ -33,7 +34,9 @@ from .distributed import (
     unwrap_module,
     update_labels_distributed,
 )
-from .neighbors import average_over_neighbors, cosine_neighbors
+from .assigner import SinkhornAssigner
+from .neighbors import average_over_neighbors, cosine_neighbors, smooth_over_neighbors
+from .spectral import neighbor_spectral_embedding
 from .sinkhorn import sinkhorn_knopp
 
 __all__ = [
@@ -46,6 +49,30 @@ __all__ = [
 ]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+# The label transfer (SelfLabelNet.transfer_labels): neighbours per sample in
+# the graph its features are averaged over, averaging steps, and iterations
+# of the balanced k-means that starts from each head's clusters.
+_TRANSFER_NEIGHBORS = 10
+_TRANSFER_SMOOTHING = 4
+_TRANSFER_MAX_ITER = 20
+# Augmented views whose unit features are averaged for the transfer, and the
+# largest K refined in the spectral embedding of the neighbour graph (its
+# eigensolve grows with K squared).
+_TRANSFER_VIEWS = 8
+_TRANSFER_SPECTRAL_MAX = 50
+
+
+def _unit_means(x, labels, n_clusters, fallback):
+    """Unit-length sum of the rows of ``x`` (Tensor) in each cluster; a
+    cluster without rows keeps its row of ``fallback``."""
+    sums = torch.zeros((n_clusters, x.shape[1]), dtype=torch.float64)
+    sums.index_add_(0, labels, x.double())
+    norms = sums.norm(dim=1)
+    out = fallback.double().clone()
+    ok = norms > 0
+    out[ok] = sums[ok] / norms[ok, None]
+    return out.to(x.dtype)
 
 
 def label_update_epochs(max_epochs, n_updates, schedule="quadratic"):
@@ -178,6 +205,20 @@ class SelfLabelNet(NeuralNet):
     # module that training moved to the device, and pickled plainly its
     # storages keep their "cuda:0" tag.
     cuda_dependent_attributes_ = ["module"]
+
+    def fit_loop(self, X, y=None, **fit_params):
+        """skorch's training loop, remembering an interrupt.
+
+        skorch ends training quietly when a ``KeyboardInterrupt`` (Ctrl-C)
+        reaches it; ``interrupted_`` tells the caller that it did, so that
+        a half-trained net is not taken for a finished one.
+        """
+        self.interrupted_ = False
+        try:
+            return super().fit_loop(X, y, **fit_params)
+        except KeyboardInterrupt:
+            self.interrupted_ = True
+            raise
 
     # -- labels -----------------------------------------------------------
     def init_labels(self, n_samples):
@@ -446,6 +487,104 @@ class SelfLabelNet(NeuralNet):
             solves.append(res)
         return self.label_update_info(previous, solves, start)
 
+    @torch.no_grad()
+    def transfer_labels(self, dataset):
+        """Label transfer: each head's labels become a refined partition of
+        the learned features, which the rest of training teaches the heads.
+
+        The backbone features of each training sample, scaled to unit length
+        and averaged over ``_TRANSFER_VIEWS`` randomly augmented views (the
+        training augmentation of ``dataset``; the plain sample without one),
+        are averaged ``_TRANSFER_SMOOTHING`` times over each sample's
+        ``_TRANSFER_NEIGHBORS`` nearest neighbours (cosine, centred features;
+        :func:`~sklearn_sela.neighbors.smooth_over_neighbors`), so that what
+        a neighbourhood shares stays and what sets a sample apart fades. For
+        each head, a balanced spherical k-means
+        (:class:`~sklearn_sela.assigner.SinkhornAssigner`, the same
+        equipartition) on the result starts from the centres of the head's
+        current clusters, so the heads keep their own partitions and a large
+        K needs no k-means++ seeding. Up to ``_TRANSFER_SPECTRAL_MAX``
+        clusters, the partition is then refined by the same k-means in the
+        spectral embedding of the neighbour graph
+        (:func:`~sklearn_sela.spectral.neighbor_spectral_embedding`), where
+        clusters follow its connected regions. Cosine heads then get the
+        unit mean embedding of each new cluster as its prototype, so that
+        they predict the new partition from the first batch on.
+
+        Parameters
+        ----------
+        dataset : Dataset
+            The training dataset (an
+            :class:`~sklearn_sela.data.AugmentedDataset` for the views).
+
+        Returns
+        -------
+        info : dict
+            As :meth:`label_update_info`, with the k-means iterations per
+            head (``kmeans_iter``) in place of Sinkhorn's.
+        """
+        start = time.perf_counter()
+        previous = self.labels_.clone()
+        augmented = dataset
+        dataset = self.get_label_dataset(dataset)
+        module = unwrap_module(self.module_)
+        group = get_process_group()
+        if group is not None:
+            # Every rank then computes the same features, partition and
+            # prototypes (DDP does not synchronise parameters set by hand).
+            broadcast_buffers(module, group)
+        feats = self.training_features(dataset)
+        n = len(feats)
+        x = feats
+        if _TRANSFER_VIEWS and isinstance(augmented, AugmentedDataset) and augmented.transform:
+            x = self.training_features(augmented, _TRANSFER_VIEWS)
+        x = x.to(self.device)
+        neighbors = cosine_neighbors(
+            x - x.mean(dim=0), min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True
+        )
+        smoothed = torch.nn.functional.normalize(
+            smooth_over_neighbors(
+                torch.nn.functional.normalize(x, dim=1), neighbors, _TRANSFER_SMOOTHING
+            ),
+            dim=1,
+        ).cpu()
+        cosine = isinstance(module, MultiHeadNet) and module.temperature is not None
+        if cosine:
+            embedding = torch.cat([
+                module.embed(block.to(self.device)).float().cpu()
+                for block in feats.split(max(1, (1 << 22) // feats.shape[1]))
+            ])
+        spectral = {
+            k: torch.from_numpy(neighbor_spectral_embedding(
+                neighbors.cpu(), k, random_state=int(self.label_seed)
+            )).float()
+            for k in set(self.n_clusters) if 1 < k <= _TRANSFER_SPECTRAL_MAX and n > k
+        }
+        iterations = []
+        for t, k in enumerate(self.n_clusters):
+            init = _unit_means(smoothed, previous[:, t], k, torch.zeros((k, smoothed.shape[1])))
+            run = SinkhornAssigner(
+                n_clusters=k, metric="cosine", init=init.numpy(), max_iter=_TRANSFER_MAX_ITER
+            ).fit(smoothed.numpy())
+            labels = torch.as_tensor(run.labels_, dtype=torch.int64)
+            if k in spectral:
+                # Refined in the spectral embedding of the neighbour graph,
+                # where clusters follow its connected regions.
+                emb = torch.nn.functional.normalize(spectral[k], dim=1)
+                init = _unit_means(emb, labels, k, torch.zeros((k, emb.shape[1])))
+                labels = torch.as_tensor(SinkhornAssigner(
+                    n_clusters=k, metric="cosine", init=init.numpy(),
+                    max_iter=_TRANSFER_MAX_ITER,
+                ).fit(emb.numpy()).labels_, dtype=torch.int64)
+            self.labels_[:, t] = labels
+            if cosine:
+                weight = module.heads[t].weight
+                weight.copy_(_unit_means(embedding, labels, k, weight.detach().cpu()))
+            iterations.append(int(run.n_iter_))
+        info = self.label_update_info(previous, [], start)
+        info["kmeans_iter"] = iterations
+        return info
+
     def solve_head(self, buf, t, process_group=None):
         """Solve head ``t``'s transport problem on its log-probabilities.
 
@@ -514,16 +653,29 @@ class SelfLabelling(Callback):
     ----------
     epochs : list of int
         0-based epoch indices (see :func:`label_update_epochs`).
+    transfer_epoch : int or None, default=None
+        0-based epoch at whose start :meth:`SelfLabelNet.transfer_labels`
+        runs; no update of ``epochs`` runs from it on. None: no transfer.
     verbose : int, default=0
         Print one line per update when > 0.
     """
 
-    def __init__(self, epochs, verbose=0):
+    def __init__(self, epochs, transfer_epoch=None, verbose=0):
         self.epochs = epochs
+        self.transfer_epoch = transfer_epoch
         self.verbose = verbose
 
     def on_epoch_begin(self, net, dataset_train=None, **kwargs):
         epoch = len(net.history) - 1
+        if epoch == self.transfer_epoch:
+            info = net.transfer_labels(dataset_train)
+            net.history.record("label_transfer", info)
+            if self.verbose:
+                print(f"[label transfer epoch {epoch}] {info['time']:.1f}s, NMI vs "
+                      f"previous {info['nmi_prev'][0]:.3f}", flush=True)
+            return
+        if self.transfer_epoch is not None and epoch > self.transfer_epoch:
+            return
         if epoch not in set(self.epochs):
             return
         info = net.update_labels(dataset_train)

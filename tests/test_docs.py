@@ -95,7 +95,7 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         assert (html / f"{page}.html").exists(), page
     assert (html / "gen_modules" / "sklearn_sela.SelfLabelClusterer.html").exists()
     cli_page = (html / "cli.html").read_text()
-    assert "--checkpoint-every" in cli_page  # the generated --help text
+    assert "--checkpoint-dir" in cli_page  # the generated --help text
     bench = (html / "benchmarks.html").read_text()
     if _have("myst_parser"):
         assert "Zeta selftest results" in bench and "0.125" in bench

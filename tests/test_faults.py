@@ -475,3 +475,74 @@ def test_read_errors_keep_their_type():
     # The first item is read up front: its failure names it as well.
     with pytest.raises(ValueError, match="^Could not read sample 0 of the dataset: nope$"):
         as_dataset(_Failing(ValueError("nope"), bad=0))
+
+
+# ---------------------------------------------------------------------------
+# Interrupts: Ctrl-C stops a fit, it does not end it
+# ---------------------------------------------------------------------------
+
+
+def test_interrupted_fit_raises_and_keeps_nothing(tmp_path):
+    from skorch.callbacks import Callback
+
+    class CtrlC(Callback):
+        def on_epoch_begin(self, net, **kwargs):
+            if len(net.history) == 3:
+                raise KeyboardInterrupt  # what the terminal's SIGINT raises
+
+    X = np.random.default_rng(0).normal(size=(120, 5)).astype(np.float32)
+    est = SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=6, callbacks=[CtrlC()],
+                             checkpoint_dir=str(tmp_path), random_state=0)
+    with pytest.raises(KeyboardInterrupt, match=r"epoch 3 of 6.*checkpoint_dir="):
+        est.fit(X)
+    assert not hasattr(est, "labels_") and not hasattr(est, "net_")
+    # The checkpoint holds the two complete epochs; a fit resumes from it and
+    # ends as an uninterrupted fit does.
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epochs_done"] == 2
+    resumed = SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=6,
+                                 checkpoint_dir=str(tmp_path), random_state=0).fit(X)
+    full = SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=6, random_state=0).fit(X)
+    np.testing.assert_array_equal(resumed.labels_, full.labels_)
+
+
+def test_sigint_stops_sela_fit_with_status_130_and_no_results(tmp_path):
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    exe = shutil.which("sela")
+    if exe is None:
+        pytest.skip("the sela command is not installed")
+    X = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "labels.csv").write_text("a user's own file\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [exe, "fit", str(tmp_path / "X.npy"), "--clusters", "3", "--heads", "1",
+           "--epochs", "40", "--seed", "0", "--checkpoint", "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    ckpt = out / "checkpoint" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the fit ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("sela: interrupted; no results were written; the checkpoint in ")
+    assert "--resume" in lines[-1]
+    # The user's file is untouched and no result of the run was written.
+    assert (out / "labels.csv").read_text() == "a user's own file\n"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "labels.csv"]
+    done = torch.load(ckpt, weights_only=True)["epochs_done"]
+    assert 1 <= done < 40
+    # Resumed, the run ends where an uninterrupted one does.
+    (out / "labels.csv").unlink()
+    subprocess.run(cmd + ["--resume"], check=True, env=env, capture_output=True)
+    ref = tmp_path / "ref"
+    subprocess.run([a if a != str(out) else str(ref) for a in cmd if a != "--checkpoint"],
+                   check=True, env=env, capture_output=True)
+    assert (out / "labels.csv").read_text() == (ref / "labels.csv").read_text()
