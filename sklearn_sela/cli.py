@@ -1092,7 +1092,7 @@ def _user_message(exc):
         return str(exc)
     if isinstance(exc, torch.OutOfMemoryError):
         return "out of memory on the device; try a smaller --batch-size or --image-size."
-    if isinstance(exc, (ValueError, OSError)):
+    if isinstance(exc, (ValueError, OSError, FloatingPointError)):
         text = " ".join(str(exc).split())
         return text or type(exc).__name__
     return None

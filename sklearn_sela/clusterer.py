@@ -1,6 +1,7 @@
 """``SelfLabelClusterer``: the scikit-learn face of SeLa training."""
 
 from numbers import Integral, Real
+import json
 import math
 import os
 
@@ -47,6 +48,21 @@ def _transfer_epoch(max_epochs, label_epochs):
     if not label_epochs or epoch <= 0:
         return None
     return epoch
+
+
+# Parameters that a resumed fit may change: they do not change what is trained.
+_RESUME_FREE = {"verbose", "device", "num_workers", "callbacks", "checkpoint_dir"}
+
+
+def _plain(value):
+    """``value`` as a plain JSON value (a module or callable by its type)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return type(value).__name__
 
 
 def _auto_epochs(n_samples):
@@ -182,7 +198,10 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     checkpoint_dir : str or path, default=None
         If set, training state is saved there after every epoch, and a later
-        ``fit`` with the same directory resumes from it.
+        ``fit`` with the same directory resumes from it; only ``verbose``,
+        ``device``, ``num_workers`` and ``callbacks`` may differ (a
+        mismatch is refused, naming the parameters), and
+        ``random_state=None`` continues the saved run's seed.
 
     verbose : int, default=0
         0: silent; 1: one line per label update and a progress bar per epoch;
@@ -376,7 +395,27 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         )
         return label_update_epochs(max_epochs, n_updates)
 
-    def _build_net(self, info, ks, max_epochs, n_samples, seed):
+    def _run(self, seed, n_samples):
+        """What identifies a run for a resume: the parameters that change
+        what is trained, the seed and the number of samples."""
+        run = {
+            name: _plain(value) for name, value in self.get_params(deep=False).items()
+            if name not in _RESUME_FREE
+        }
+        run.update(random_state=seed, n_samples=n_samples)
+        return run
+
+    def _check_resume(self, saved, run):
+        differ = sorted(k for k in set(saved) | set(run) if saved.get(k) != run.get(k))
+        if differ:
+            raise ValueError(
+                f"The checkpoint in {os.fspath(self.checkpoint_dir)!r} is of another run: "
+                + ", ".join(f"{k}={saved.get(k)!r} there, {run.get(k)!r} here" for k in differ)
+                + ". Fit with the saved settings to resume it, or use another "
+                "checkpoint_dir."
+            )
+
+    def _build_net(self, info, ks, max_epochs, n_samples, seed, run=None):
         projection = self._projection()
         backbone, dim = make_backbone(self.backbone, info, projection=projection is not None)
         module = MultiHeadNet(
@@ -391,9 +430,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             )),
         ]
         if self.checkpoint_dir is not None:
-            callbacks.append(
-                ("checkpoint", Checkpoint(self.checkpoint_dir))
-            )
+            callbacks.append(("checkpoint", Checkpoint(self.checkpoint_dir, run=run)))
         if self.verbose:
             callbacks.append(("progress", ProgressBar()))
         callbacks += list(self.callbacks or [])
@@ -472,29 +509,26 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 f"cluster needs at least one sample."
             )
         max_epochs = _auto_epochs(n) if self.max_epochs == "auto" else int(self.max_epochs)
-        seed = _seed_from(self.random_state)
+        state = None if self.checkpoint_dir is None else load_checkpoint(self.checkpoint_dir)
+        saved = None if state is None else json.loads(state["run"])
+        if saved is not None and self.random_state is None:
+            seed = int(saved["random_state"])  # the saved run's seed: continue it
+        else:
+            seed = _seed_from(self.random_state)
         # Several ranks (torchrun): shard data, DDP, rank 0 logs; else None.
         ddp = DistributedFit.detect(_resolve_device(self.device))
         if ddp is not None:
             seed = ddp.agree_seed(seed)
+        run = self._run(seed, n)
+        if saved is not None:
+            self._check_resume(saved, run)
         torch.manual_seed(seed)
-        net = self._build_net(info, ks, max_epochs, n, seed)
+        net = self._build_net(info, ks, max_epochs, n, seed, run)
         if ddp is not None:
             ddp.configure(net, n, seed)
         net.initialize()
         net.init_labels(n)
-        done = 0
-        if self.checkpoint_dir is not None:
-            state = load_checkpoint(self.checkpoint_dir)
-            if state is not None:
-                if tuple(state["labels"].shape) != (n, len(ks)):
-                    raise ValueError(
-                        f"The checkpoint in {self.checkpoint_dir!r} was written "
-                        f"for {state['labels'].shape[0]} samples and "
-                        f"{state['labels'].shape[1]} head(s), not {n} and "
-                        f"{len(ks)}; use another checkpoint_dir."
-                    )
-                done = restore_checkpoint(net, state)
+        done = 0 if state is None else restore_checkpoint(net, state)
         train_set = AugmentedDataset(base, self._augmentation(info))
         if ddp is not None:
             ddp.wrap(net, seed, done)

@@ -236,7 +236,13 @@ class SelfLabelNet(NeuralNet):
         losses = [
             self.criterion_(logits, targets[:, t]) for t, logits in enumerate(y_pred)
         ]
-        return sum(losses) / len(losses)
+        loss = sum(losses) / len(losses)
+        if training and not bool(torch.isfinite(loss.detach())):
+            raise FloatingPointError(
+                f"The training loss became {float(loss.detach()):g} in epoch {len(self.history)}: "
+                f"training diverged. Try a smaller learning rate than lr={self.lr:g}."
+            )
+        return loss
 
     def _label_batches(self, dataset, offset=0):
         """Yield ``(inputs on the device, buffer rows)`` in evaluation mode.
@@ -754,23 +760,29 @@ class Checkpoint(Callback):
         Directory, created if missing.
     every : int, default=1
         Save after every ``every`` epochs, and after the last one.
+    run : dict, default=None
+        Plain values that identify the run (e.g. the estimator's
+        parameters), saved with the state so that a resume can check them.
     """
 
-    def __init__(self, dirname, every=1):
+    def __init__(self, dirname, every=1, run=None):
         self.dirname = dirname
         self.every = every
+        self.run = run
 
     def on_epoch_end(self, net, **kwargs):
         done = len(net.history)
         if done % self.every and done != net.max_epochs:
             return
-        save_checkpoint(net, self.dirname)
+        save_checkpoint(net, self.dirname, self.run)
 
 
-def save_checkpoint(net, dirname):
-    """Write ``net``'s resumable state to ``dirname/checkpoint.pt``."""
+def save_checkpoint(net, dirname, run=None):
+    """Write ``net``'s resumable state (and ``run``, plain values that
+    identify the run) to ``dirname/checkpoint.pt``."""
     os.makedirs(dirname, exist_ok=True)
     state = {
+        "run": json.dumps(run or {}),
         "epochs_done": len(net.history),
         "module": unwrap_module(net.module_).state_dict(),
         "optimizer": net.optimizer_.state_dict(),
@@ -795,11 +807,29 @@ def load_checkpoint(dirname):
 
     Uses ``weights_only=True``: only tensors and plain containers are
     unpickled.
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read or is not such a checkpoint: one line
+        naming the file, never torch's advice to unpickle it as code.
     """
     path = os.path.join(dirname, CHECKPOINT_FILE)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        keys = {"run", "epochs_done", "module", "optimizer", "labels", "log_betas",
+                "label_updates", "history", "rng_cpu", "rng_cuda"}
+        if not isinstance(state, dict) or not keys <= set(state):
+            raise ValueError("not a sklearn-sela checkpoint")
+    except Exception as exc:  # torch raises many types for damaged files
+        reason = " ".join(str(exc).split()).split(". ")[0][:160] or type(exc).__name__
+        raise ValueError(
+            f"The checkpoint {path!r} is damaged or not a sklearn-sela checkpoint "
+            f"({reason}); delete it to start the run afresh."
+        ) from None
+    return state
 
 
 def restore_checkpoint(net, state):

@@ -292,9 +292,13 @@ def test_checkpoint_and_resume(tmp_path, capsys):
     assert main(base + ["--epochs", "2", "--checkpoint"]) == 0
     assert os.path.exists(tmp_path / "o" / "checkpoint" / "checkpoint.pt")
     _assert_user_error(capsys, base + ["--epochs", "2", "--checkpoint"], "--resume")
-    assert main(base + ["--epochs", "3", "--resume"]) == 0
+    # Another run's settings are refused, naming them (the schedule depends
+    # on the number of epochs).
+    _assert_user_error(capsys, base + ["--epochs", "3", "--resume"],
+                       "max_epochs=2 there, 3 here")
+    assert main(base + ["--epochs", "2", "--resume"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert summary["n_epochs"] == 3
+    assert summary["n_epochs"] == 2
 
 
 # -- predict / transform ---------------------------------------------------------------

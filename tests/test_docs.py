@@ -31,6 +31,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("plot_*.py"))
 API_MODULES = [
     "sklearn_sela",
     "sklearn_sela.sinkhorn",
+    "sklearn_sela.partition",
     "sklearn_sela.spectral",
     "sklearn_sela.training",
     "sklearn_sela.data",
@@ -137,7 +138,7 @@ def test_example_runs_quickly(path, monkeypatch, capsys):
 def test_examples_cover_the_gallery_topics():
     names = {p.stem for p in EXAMPLES}
     assert {"plot_digits_clustering", "plot_grid_search", "plot_assigner_vs_kmeans",
-            "plot_transform_features", "plot_label_transfer"} <= names
+            "plot_transform_features", "plot_label_transfer", "plot_feature_pipeline"} <= names
 
 
 def _rst_python_blocks(path):
@@ -177,6 +178,7 @@ def test_user_guide_code_runs(index, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("module", ["sklearn_sela.metrics", "sklearn_sela.plotting",
+                                    "sklearn_sela.partition",
                                     "sklearn_sela.persistence", "sklearn_sela.cli"])
 def test_docstring_examples(module, tmp_path, monkeypatch):
     """The Examples sections of the docstrings of these modules run as shown."""

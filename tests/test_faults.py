@@ -546,3 +546,58 @@ def test_sigint_stops_sela_fit_with_status_130_and_no_results(tmp_path):
     subprocess.run([a if a != str(out) else str(ref) for a in cmd if a != "--checkpoint"],
                    check=True, env=env, capture_output=True)
     assert (out / "labels.csv").read_text() == (ref / "labels.csv").read_text()
+
+
+# ---------------------------------------------------------------------------
+# Resumes check that they continue the same run; divergence is named
+# ---------------------------------------------------------------------------
+
+
+def _blobs():
+    return np.random.default_rng(1).normal(size=(90, 6)).astype(np.float32)
+
+
+def test_resume_refuses_another_run_naming_the_parameters(tmp_path):
+    X = _blobs()
+    SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=2, checkpoint_dir=str(tmp_path),
+                       random_state=0).fit(X)
+    for change, names in ((dict(n_clusters=4), "n_clusters=3 there, 4 here"),
+                          (dict(lr=0.1, max_epochs=1),
+                           "lr=0.05 there, 0.1 here, max_epochs=2 there, 1 here"),
+                          (dict(random_state=5), "random_state=0 there, 5 here")):
+        params = {**dict(n_clusters=3, n_heads=1, max_epochs=2, random_state=0), **change}
+        with pytest.raises(ValueError, match=re.escape(names)):
+            SelfLabelClusterer(checkpoint_dir=str(tmp_path), **params).fit(X)
+    with pytest.raises(ValueError, match=re.escape("n_samples=90 there, 60 here")):
+        SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=2, random_state=0,
+                           checkpoint_dir=str(tmp_path)).fit(X[:60])
+    # What does not change the training may differ; random_state=None
+    # continues the saved run's seed.
+    est = SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=2, verbose=0,
+                             num_workers=0, checkpoint_dir=str(tmp_path)).fit(X)
+    assert est.net_.label_seed == 0
+
+
+def test_damaged_checkpoint_is_named_and_never_unpickled(tmp_path):
+    X = _blobs()
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt' is damaged.*delete it"):
+        SelfLabelClusterer(n_clusters=3, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(X)
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, ("echo hacked > " + str(tmp_path / "pwned"),))
+
+    torch.save({"run": Hostile()}, path)
+    with pytest.raises(ValueError, match="damaged") as info:
+        SelfLabelClusterer(n_clusters=3, max_epochs=1, checkpoint_dir=str(tmp_path)).fit(X)
+    assert not (tmp_path / "pwned").exists()
+    assert "weights_only" not in str(info.value)
+
+
+def test_diverging_training_names_the_epoch_and_the_learning_rate():
+    X = _blobs() * 1e3
+    with pytest.raises(FloatingPointError, match=r"in epoch \d+: training diverged.*lr=1e\+06"):
+        SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=5, lr=1e6,
+                           random_state=0).fit(X)
