@@ -154,11 +154,13 @@ def _report_skipped(skipped, quiet):
     print("\n".join(lines), file=sys.stderr)
 
 
-def _load_input(path, args, channels=None):
+def _load_input(path, args, channels=None, exclude=()):
     """Resolve a PATH argument to an array or an :class:`ImageFiles`.
 
     ``channels`` (1 or 3) forces the colour mode of image files, to match a
-    fitted model; otherwise grey when every image is grey, else RGB.
+    fitted model; otherwise grey when every image is grey, else RGB. Files
+    whose real path is in ``exclude``, or lies under one there, are not
+    input (a command's own outputs).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -166,6 +168,11 @@ def _load_input(path, args, channels=None):
     quiet = getattr(args, "quiet", False)
     if os.path.isdir(path):
         found = find_image_files(path)
+        if exclude:
+            exclude = tuple(exclude)
+            under = tuple(os.path.join(e, "") for e in exclude)
+            found = [f for f in found if not (
+                os.path.realpath(f) in exclude or os.path.realpath(f).startswith(under))]
         if not found:
             raise UserError(
                 f"no image files found in folder {path!r} (looked for "
@@ -353,9 +360,13 @@ def _infer(est, data, what, quiet, desc):
 
 
 def _write_labels_csv(path, ids, id_name, clusters, head_labels):
-    """One row per sample: its id, its cluster, then each head's label."""
+    """One row per sample: its id, its cluster, then each head's label.
+
+    UTF-8; a file name that is not valid UTF-8 is written byte for byte
+    (Python's surrogate escapes), as the file system holds it.
+    """
     labels = np.column_stack([clusters, head_labels])
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.writer(fh)
         writer.writerow(
             [id_name, "cluster"] + [f"label_{t}" for t in range(labels.shape[1] - 1)]
@@ -475,14 +486,6 @@ def _projection(text):
     return tuple(widths)
 
 
-def _out_dir(path):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {path!r}: {exc.strerror or exc}") from exc
-    return path
-
-
 def _say(args, message):
     if not getattr(args, "quiet", False):
         print(message, flush=True)
@@ -526,7 +529,6 @@ def cmd_demo(args):
     from .metrics import TrueLabelNMI, clustering_scores
     from .plotting import plot_cluster_montage, plot_label_nmi
 
-    out = _out_dir(args.out)
     digits = load_digits()
     # The 8x8 images (grey levels scaled to [0, 1]): the conv net with image
     # augmentation clusters them far better than an MLP on the 64 pixels as
@@ -568,16 +570,17 @@ def cmd_demo(args):
 
     if not _can_plot(args):
         return 0
-    montage = os.path.join(out, "digits_montage.png")
-    plot_cluster_montage(
-        digits.images, est.labels_, n_per_cluster=12, random_state=args.seed,
-        title="SeLa clusters of the digits (random members per cluster)", path=montage,
-    )
-    nmi = os.path.join(out, "digits_label_nmi.png")
-    plot_label_nmi(est.history_, title="Digits: NMI of the self-labels over training", path=nmi)
-    print(f"wrote {montage}")
-    print(f"wrote {nmi}")
-    return 0
+
+    def write(folder):
+        plot_cluster_montage(
+            digits.images, est.labels_, n_per_cluster=12, random_state=args.seed,
+            title="SeLa clusters of the digits (random members per cluster)",
+            path=folder.file("digits_montage.png"),
+        )
+        plot_label_nmi(est.history_, title="Digits: NMI of the self-labels over training",
+                       path=folder.file("digits_label_nmi.png"))
+
+    return _staged(args, "demo", ["digits_montage.png", "digits_label_nmi.png"], write)
 
 
 def _estimator_from_args(args, callbacks, checkpoint_dir):
@@ -606,33 +609,34 @@ def _estimator_from_args(args, callbacks, checkpoint_dir):
     )
 
 
-def cmd_fit(args):
-    """``sela fit``: train on a folder or array; write labels, model, summary."""
-    from . import __version__
-    from .persistence import model_params, save_model
-    from .plotting import plot_cluster_montage, plot_label_nmi
+FIT_OUTPUTS = ("labels.csv", "model.pt", "features.npy", "montage.png", "label_nmi.png",
+               "summary.json")
+
+
+def _fit_checkpoint_dir(args, out):
+    """The checkpoint folder of ``sela fit`` (None without --checkpoint),
+    checked against --resume."""
     from .training import CHECKPOINT_FILE
 
-    start = time.perf_counter()
-    out = _out_dir(args.out)
-    ckpt_dir = None
-    if args.checkpoint or args.resume:
-        ckpt_dir = args.checkpoint_dir or os.path.join(out, "checkpoint")
-        exists = os.path.exists(os.path.join(ckpt_dir, CHECKPOINT_FILE))
-        if args.resume and not exists:
-            raise UserError(
-                f"--resume: no checkpoint in {ckpt_dir!r} (was the first run "
-                "started with --checkpoint and the same --out?)."
-            )
-        args.checkpoint_path = ckpt_dir
-        if not args.resume and exists:
-            raise UserError(
-                f"{ckpt_dir!r} already holds a checkpoint; add --resume to "
-                "continue that run, or delete the folder to start afresh."
-            )
+    if not (args.checkpoint or args.resume):
+        return None
+    ckpt_dir = args.checkpoint_dir or os.path.join(out, "checkpoint")
+    exists = os.path.exists(os.path.join(ckpt_dir, CHECKPOINT_FILE))
+    if args.resume and not exists:
+        raise UserError(
+            f"--resume: no checkpoint in {ckpt_dir!r} (was the first run "
+            "started with --checkpoint and the same --out?)."
+        )
+    if not args.resume and exists:
+        raise UserError(
+            f"{ckpt_dir!r} already holds a checkpoint; add --resume to "
+            "continue that run, or delete the folder to start afresh."
+        )
+    args.checkpoint_path = ckpt_dir
+    return ckpt_dir
 
-    inp = _load_input(args.path, args)
-    t_check = time.perf_counter() - start
+
+def _check_sizes(inp, args):
     if inp.kind in ("folder", "image") and args.image_size is None:
         distinct = sorted(set(inp.sizes))
         if len(distinct) > 1:
@@ -643,56 +647,90 @@ def cmd_fit(args):
                 f"(most common {common[1]}x{common[0]}, height x width); pass "
                 "--image-size, e.g. --image-size 64, to resize them."
             )
-    _say(args, f"sela fit: {len(inp)} samples from {args.path}"
-               + (f" ({len(inp.skipped)} unreadable file(s) skipped)" if inp.skipped else ""))
 
-    est = _estimator_from_args(args, [_make_epoch_bar(disable=args.quiet)], ckpt_dir)
-    t0 = time.perf_counter()
-    with _WarningCounter() as counter:
-        est.fit(inp.data)
-    t_fit = time.perf_counter() - t0
 
-    outputs = {}
-    labels_csv = os.path.join(out, "labels.csv")
-    _write_labels_csv(labels_csv, inp.ids, inp.id_name, est.labels_, est.labels_all_)
-    outputs["labels"] = labels_csv
-    model_path = os.path.join(out, "model.pt")
-    save_model(est, model_path)
-    outputs["model"] = model_path
+def cmd_fit(args):
+    """``sela fit``: train on a folder or array; write labels, model, summary."""
+    from .outputs import OutputFolder
+
+    start = time.perf_counter()
+    try:
+        # Before any work: the folder can be written, and no file sela did
+        # not write would be replaced.
+        folder = OutputFolder(args.out, "fit", FIT_OUTPUTS, overwrite=args.overwrite)
+    except OSError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        ckpt_dir = _fit_checkpoint_dir(args, folder.path)
+        # Outputs of earlier runs into a folder inside PATH are not input.
+        inp = _load_input(args.path, args, exclude=folder.own_paths())
+        t_check = time.perf_counter() - start
+        _check_sizes(inp, args)
+        _say(args, f"sela fit: {len(inp)} samples from {args.path}"
+                   + (f" ({len(inp.skipped)} unreadable file(s) skipped)" if inp.skipped
+                      else ""))
+        est = _estimator_from_args(args, [_make_epoch_bar(disable=args.quiet)], ckpt_dir)
+        t0 = time.perf_counter()
+        with _WarningCounter() as counter:
+            est.fit(inp.data)
+        times = {"reading": t_check, "fit": time.perf_counter() - t0}
+        summary = _write_fit_results(folder, est, inp, args, counter, times, start)
+        written = folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    clusters, heads = summary["clusters"], summary["heads"]
+    _say(args, f"trained {est.n_epochs_} epochs in {times['fit']:.1f}s; cluster sizes "
+               + f"{clusters['min_size']}-{clusters['max_size']} (head {est.head_}); "
+               + "; ".join(f"head {h['head']}: {h['min_size']}-{h['max_size']}" for h in heads))
+    if counter.convergence:
+        _say(args, f"note: {counter.convergence} Sinkhorn solve(s) stopped at the "
+                   "iteration limit before the tolerance (counted in the summary).")
+    for path in written:
+        _say(args, f"wrote {path}")
+    return 0
+
+
+def _sizes_of(labels, k):
+    sizes = np.bincount(labels, minlength=k)
+    return {
+        "n_clusters": int(k),
+        "cluster_sizes": sizes.tolist(),
+        "min_size": int(sizes.min()),
+        "max_size": int(sizes.max()),
+    }
+
+
+def _write_fit_results(folder, est, inp, args, counter, times, start):
+    """Write the results of ``sela fit`` into the staging folder; the summary."""
+    from . import __version__
+    from .persistence import model_params, save_model
+    from .plotting import plot_cluster_montage, plot_label_nmi
+
+    outputs = {"labels": "labels.csv", "model": "model.pt"}
+    _write_labels_csv(folder.file("labels.csv"), inp.ids, inp.id_name, est.labels_,
+                      est.labels_all_)
+    save_model(est, folder.file("model.pt"))
     if args.features:
         feats = _infer(est, inp.data, "features", args.quiet, "features")
-        outputs["features"] = os.path.join(out, "features.npy")
-        np.save(outputs["features"], feats)
-
+        np.save(folder.file("features.npy"), feats)
+        outputs["features"] = "features.npy"
     images = _montage_images(inp, est)
     updates = _label_update_records(est.history_)
     plots = (images is not None or bool(updates)) and _can_plot(args)
     if plots and images is not None:
-        path = os.path.join(out, "montage.png")
         plot_cluster_montage(
             images, est.labels_, n_per_cluster=args.montage_cols,
             max_clusters=args.montage_rows, random_state=0,
-            title=f"Clusters of head {est.head_}", path=path,
+            title=f"Clusters of head {est.head_}", path=folder.file("montage.png"),
         )
-        outputs["montage"] = path
+        outputs["montage"] = "montage.png"
     if plots and updates:
-        outputs["label_nmi_plot"] = os.path.join(out, "label_nmi.png")
-        plot_label_nmi(est.history_, path=outputs["label_nmi_plot"])
-
-    def sizes_of(labels, k):
-        sizes = np.bincount(labels, minlength=k)
-        return {
-            "n_clusters": int(k),
-            "cluster_sizes": sizes.tolist(),
-            "min_size": int(sizes.min()),
-            "max_size": int(sizes.max()),
-        }
-
-    clusters = {"head": int(est.head_), **sizes_of(est.labels_, est.n_clusters_[est.head_])}
-    heads = [
-        {"head": t, **sizes_of(est.labels_all_[:, t], k)}
-        for t, k in enumerate(est.n_clusters_)
-    ]
+        plot_label_nmi(est.history_, path=folder.file("label_nmi.png"))
+        outputs["label_nmi_plot"] = "label_nmi.png"
+    clusters = {"head": int(est.head_), **_sizes_of(est.labels_, est.n_clusters_[est.head_])}
+    heads = [{"head": t, **_sizes_of(est.labels_all_[:, t], k)}
+             for t, k in enumerate(est.n_clusters_)]
     if args.score_folders and inp.kind == "folder":
         from .metrics import clustering_scores
 
@@ -718,27 +756,18 @@ def cmd_fit(args):
         "device": str(est.net_.device),
         "n_epochs": int(est.n_epochs_),
         "time_s": {
-            "reading": round(t_check, 3),
-            "fit": round(t_fit, 3),
+            "reading": round(times["reading"], 3),
+            "fit": round(times["fit"], 3),
             "total": round(time.perf_counter() - start, 3),
         },
         "clusters": clusters,
         "heads": heads,
         "label_updates": updates,
         "sinkhorn_not_converged": counter.convergence,
-        "outputs": {k: os.path.relpath(v, out) for k, v in outputs.items()},
+        "outputs": outputs,
     }
-    summary_path = os.path.join(out, "summary.json")
-    _write_json(summary_path, summary)
-    _say(args, f"trained {est.n_epochs_} epochs in {t_fit:.1f}s; cluster sizes "
-               + f"{clusters['min_size']}-{clusters['max_size']} (head {est.head_}); "
-               + "; ".join(f"head {h['head']}: {h['min_size']}-{h['max_size']}" for h in heads))
-    if counter.convergence:
-        _say(args, f"note: {counter.convergence} Sinkhorn solve(s) stopped at the "
-                   "iteration limit before the tolerance (counted in the summary).")
-    for path in list(outputs.values()) + [summary_path]:
-        _say(args, f"wrote {path}")
-    return 0
+    _write_json(folder.file("summary.json"), summary)
+    return summary
 
 
 def _load_for_inference(args):
@@ -770,48 +799,60 @@ def _check_kind(est, inp, model_path):
         )
 
 
-def cmd_predict(args):
-    """``sela predict``: cluster labels (and probabilities) of new data."""
-    out = _out_dir(args.out)
-    est = _load_for_inference(args)
-    inp = _load_for_model(est, args)
-    probas = _infer(est, inp.data, "probas", args.quiet, "predicting")
-    labels = np.stack([p.argmax(axis=1) for p in probas], axis=1)
-    path = os.path.join(out, "predictions.csv")
-    _write_labels_csv(path, inp.ids, inp.id_name, labels[:, 0], labels[:, 1:])
-    written = [path]
-    if args.proba:
-        names = ["probabilities.npy"] + [
-            f"probabilities_head{t}.npy" for t in range(len(probas) - 1)
-        ]
-        for name, p in zip(names, probas):
-            ppath = os.path.join(out, name)
-            np.save(ppath, p.astype(np.float32))
-            written.append(ppath)
+def _staged(args, command, names, write):
+    """Run ``write(folder)`` into a staged :class:`~sklearn_sela.outputs.OutputFolder`
+    of ``--out`` and commit it; say what was written."""
+    from .outputs import OutputFolder
+
+    try:
+        folder = OutputFolder(args.out, command, names, overwrite=True)
+    except OSError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        write(folder)
+        written = folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
     for p in written:
         _say(args, f"wrote {p}")
     return 0
+
+
+def cmd_predict(args):
+    """``sela predict``: cluster labels (and probabilities) of new data."""
+    est = _load_for_inference(args)
+    inp = _load_for_model(est, args)
+    probas = _infer(est, inp.data, "probas", args.quiet, "predicting")
+    names = ["probabilities.npy"] + [f"probabilities_head{t}.npy" for t in range(len(probas) - 1)]
+
+    def write(folder):
+        labels = np.stack([p.argmax(axis=1) for p in probas], axis=1)
+        _write_labels_csv(folder.file("predictions.csv"), inp.ids, inp.id_name,
+                          labels[:, 0], labels[:, 1:])
+        if args.proba:
+            for name, p in zip(names, probas):
+                np.save(folder.file(name), p.astype(np.float32))
+
+    return _staged(args, "predict", ["predictions.csv"] + names, write)
 
 
 def cmd_transform(args):
     """``sela transform``: backbone features of new data."""
-    out = _out_dir(args.out)
     est = _load_for_inference(args)
     inp = _load_for_model(est, args)
     feats = _infer(est, inp.data, "features", args.quiet, "features")
-    path = os.path.join(out, "features.npy")
-    np.save(path, feats)
-    written = [path]
-    if inp.id_name == "path":
-        index = os.path.join(out, "features_index.csv")
-        with open(index, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["row", "path"])
-            writer.writerows(enumerate(inp.ids))
-        written.append(index)
-    for p in written:
-        _say(args, f"wrote {p}")
-    return 0
+
+    def write(folder):
+        np.save(folder.file("features.npy"), feats)
+        if inp.id_name == "path":
+            with open(folder.file("features_index.csv"), "w", newline="", encoding="utf-8",
+                      errors="surrogateescape") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["row", "path"])
+                writer.writerows(enumerate(inp.ids))
+
+    return _staged(args, "transform", ["features.npy", "features_index.csv"], write)
 
 
 # ---------------------------------------------------------------------------
@@ -940,7 +981,13 @@ def build_parser():
             "montage.png of the clusters (images only), label_nmi.png, "
             "features.npy (with "
             "--features) and summary.json (parameters, times, cluster sizes, "
-            "Sinkhorn iterations per label update, skipped files)."
+            "Sinkhorn iterations per label update, skipped files).",
+            "The results are written as a set, only once training has finished: "
+            "an interrupted or failed run leaves the folder as it was, and a "
+            "run replaces the previous run's results whole (listed in "
+            ".sela-fit-outputs.json). Files of those names that sela did not write "
+            "are not replaced without --overwrite, and sela's own outputs in a "
+            "folder inside PATH are not read as input.",
         ),
     )
     p.add_argument("path", metavar="PATH", help="image folder, image file, or .npy/.npz file")
@@ -983,6 +1030,10 @@ def build_parser():
                    help="random seed (default: random; the seed used is in summary.json)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default=".", metavar="DIR", help="output folder (created if missing)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace files of the output names (labels.csv, model.pt, ...) "
+                        "in --out that sela did not write; without it the run is refused "
+                        "before training")
     o.add_argument("--features", action="store_true",
                    help="also write the backbone features of the training data to features.npy")
     o.add_argument("--montage-rows", type=_positive_int, default=20, metavar="N",

@@ -550,7 +550,7 @@ def test_commands_without_matplotlib_skip_only_the_figures(folder, tmp_path, cap
     assert status == 0, err
     assert "figures skipped: matplotlib is not installed" in out
     assert any(line.startswith("SeLa") for line in out.splitlines())
-    assert not any(n.endswith(".png") for n in os.listdir(tmp_path / "demo"))
+    assert not (tmp_path / "demo").exists()  # nothing to write
 
     status, out, err = _run(capsys, "fit", str(folder), "--clusters", "3", "--epochs", "2",
                             "--batch-size", "16", "--out", str(tmp_path / "fit"))

@@ -14,6 +14,7 @@
 """
 
 import datetime
+import sys
 import errno
 import os
 import pickle
@@ -521,7 +522,8 @@ def test_sigint_stops_sela_fit_with_status_130_and_no_results(tmp_path):
     (out / "labels.csv").write_text("a user's own file\n")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [exe, "fit", str(tmp_path / "X.npy"), "--clusters", "3", "--heads", "1",
-           "--epochs", "40", "--seed", "0", "--checkpoint", "--out", str(out), "--quiet"]
+           "--epochs", "40", "--seed", "0", "--checkpoint", "--out", str(out), "--quiet",
+           "--overwrite"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     ckpt = out / "checkpoint" / "checkpoint.pt"
     deadline = time.monotonic() + 120
@@ -601,3 +603,110 @@ def test_diverging_training_names_the_epoch_and_the_learning_rate():
     with pytest.raises(FloatingPointError, match=r"in epoch \d+: training diverged.*lr=1e\+06"):
         SelfLabelClusterer(n_clusters=3, n_heads=1, max_epochs=5, lr=1e6,
                            random_state=0).fit(X)
+
+
+# ---------------------------------------------------------------------------
+# Output folders: written whole after training, never over a user's files
+# ---------------------------------------------------------------------------
+
+
+def _images(folder, n=24):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def _fit(*argv):
+    from sklearn_sela.cli import main
+
+    return main(["fit", *argv, "-k", "2", "-t", "1", "--epochs", "2", "--seed", "0", "-q"])
+
+
+def test_outputs_are_not_read_back_as_input_and_replace_the_previous_set(tmp_path,
+                                                                           monkeypatch):
+    import csv
+
+    _images(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert _fit(".", "--features") == 0  # cd images && sela fit .
+    first = set(os.listdir(tmp_path))
+    assert {"labels.csv", "model.pt", "features.npy", "montage.png", "summary.json",
+            ".sela-fit-outputs.json"} <= first
+    assert _fit(".") == 0  # again: its own montage.png is no input
+    with open(tmp_path / "labels.csv") as fh:
+        paths = [row[0] for row in csv.reader(fh)][1:]
+    assert len(paths) == 24 and all(os.path.basename(p)[:-4].isdigit() for p in paths)
+    # The second run's set replaced the first's: no stale features.npy.
+    assert not (tmp_path / "features.npy").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".sela-partial")]
+
+
+def test_files_sela_did_not_write_are_kept_unless_overwrite(tmp_path, capsys):
+    _images(tmp_path / "img")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("mine")
+    (out / "notes.txt").write_text("mine too")
+    assert _fit(str(tmp_path / "img"), "--out", str(out)) == 1
+    err = capsys.readouterr().err
+    assert "holds summary.json, which sela did not write" in err and "--overwrite" in err
+    assert (out / "summary.json").read_text() == "mine"
+    assert _fit(str(tmp_path / "img"), "--out", str(out), "--overwrite") == 0
+    assert (out / "summary.json").read_text() != "mine"
+    assert (out / "notes.txt").read_text() == "mine too"  # never sela's to replace
+
+
+def test_unwritable_output_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import sklearn_sela.clusterer as clusterer
+    import sklearn_sela.outputs as outputs
+
+    _images(tmp_path / "img")
+
+    def read_only(**kwargs):  # what a read-only folder answers (also to root here)
+        raise PermissionError(13, "Permission denied")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained")
+
+    monkeypatch.setattr(outputs.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(clusterer.SelfLabelClusterer, "fit", no_training)
+    assert _fit(str(tmp_path / "img"), "--out", str(tmp_path / "ro")) == 1
+    err = capsys.readouterr().err
+    assert "cannot write into the output folder" in err and "Permission denied" in err
+    # A path below a file cannot even be created.
+    (tmp_path / "file").write_text("")
+    assert _fit(str(tmp_path / "img"), "--out", str(tmp_path / "file" / "out")) == 1
+    assert "sela: error:" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_the_previous_results(tmp_path, monkeypatch):
+    import sklearn_sela.cli as cli
+
+    _images(tmp_path / "img")
+    out = tmp_path / "out"
+    assert _fit(str(tmp_path / "img"), "--out", str(out)) == 0
+    before = {p: (out / p).read_bytes() for p in os.listdir(out)}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cli, "_write_labels_csv", broken)
+    assert _fit(str(tmp_path / "img"), "--out", str(out)) == 1
+    assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
+
+
+def test_file_names_that_are_not_utf8_are_written_byte_for_byte(tmp_path):
+    if sys.platform == "darwin":
+        pytest.skip("the file system requires UTF-8 names")
+    from PIL import Image
+
+    folder = tmp_path / "img"
+    _images(folder, n=6)
+    odd = os.fsencode(str(folder)) + b"/caf\xe9.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.fsdecode(odd))
+    assert _fit(str(folder), "--out", str(tmp_path / "out")) == 0
+    data = (tmp_path / "out" / "labels.csv").read_bytes()
+    assert b"caf\xe9.png" in data and data.count(b"\n") == 8
