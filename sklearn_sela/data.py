@@ -54,6 +54,7 @@ __all__ = [
     "as_dataset",
     "default_augmentation",
     "AugmentedDataset",
+    "SkipUnreadable",
     "RandomGeometric",
     "RandomColor",
     "BatchCompose",
@@ -540,6 +541,56 @@ def _sample_path(dataset, index):
     except Exception:  # only a courtesy for the error message
         pass
     return None
+
+
+class SkipUnreadable(Dataset):
+    """The samples of a dataset that can be read; the others listed.
+
+    Reads every sample of ``dataset`` once, as ``sela fit`` checks an image
+    folder, and serves those that could be read, so that a fit on a
+    collection with a few damaged files (an ``ImageFolder`` with a
+    truncated image) need not stop at the first one. Costs one full pass
+    over the data.
+
+    Parameters
+    ----------
+    dataset : torch.utils.data.Dataset
+        A map-style dataset, e.g. :class:`torchvision.datasets.ImageFolder`.
+
+    Attributes
+    ----------
+    indices : list of int
+        Indices into ``dataset`` of the samples kept, in order.
+    skipped : list of tuple
+        ``(index, path, reason)`` of each sample that could not be read;
+        ``path`` is its file where the dataset lists files (``samples``,
+        ``imgs`` or ``paths``), else None.
+
+    Examples
+    --------
+    >>> from sklearn_sela.data import SkipUnreadable
+    >>> readable = SkipUnreadable([[0.0, 1.0], [1.0, 0.0]])
+    >>> len(readable), readable.skipped
+    (2, [])
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.indices, self.skipped = [], []
+        for index in range(len(dataset)):
+            try:
+                dataset[index]
+            except Exception as exc:  # any failure to read is the file's
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                self.skipped.append((index, _sample_path(dataset, index), reason))
+            else:
+                self.indices.append(index)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        return self.dataset[self.indices[index]]
 
 
 def _raise_read_error(exc, dataset, index):

@@ -710,3 +710,21 @@ def test_file_names_that_are_not_utf8_are_written_byte_for_byte(tmp_path):
     assert _fit(str(folder), "--out", str(tmp_path / "out")) == 0
     data = (tmp_path / "out" / "labels.csv").read_bytes()
     assert b"caf\xe9.png" in data and data.count(b"\n") == 8
+
+
+def test_skip_unreadable_keeps_the_readable_samples_and_lists_the_others(tmp_path):
+    from torchvision.datasets import ImageFolder
+
+    from sklearn_sela.data import SkipUnreadable
+
+    for cls in ("a", "b"):
+        _images(tmp_path / cls, n=6)
+    broken = tmp_path / "b" / "3.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated
+    folder = ImageFolder(str(tmp_path), transform=lambda im: np.asarray(im.convert("L")))
+    readable = SkipUnreadable(folder)
+    assert len(readable) == 11 and readable.indices == [i for i in range(12) if i != 9]
+    [(index, path, reason)] = readable.skipped
+    assert index == 9 and path == str(broken) and reason
+    est = SelfLabelClusterer(n_clusters=2, n_heads=1, max_epochs=1, random_state=0)
+    assert est.fit(readable).labels_.shape == (11,)
