@@ -947,7 +947,7 @@ def build_parser():
             "Writes into --out: digits_montage.png (one row of random members "
             "per cluster) and digits_label_nmi.png (NMI between consecutive "
             "self-labellings, and with the true digits, over training). Takes "
-            "about a minute and a half on two idle CPU cores (longer on a "
+            "about two minutes on two idle CPU cores (longer on a "
             "busy machine; --threads 1 helps there); needs no download.",
         ),
     )

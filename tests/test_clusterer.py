@@ -61,7 +61,7 @@ class _CountingAugment:
         return x
 
 
-def test_only_training_sees_the_augmentation(digits):
+def test_only_training_and_the_transfer_views_see_the_augmentation(digits):
     X, _ = digits
     aug = _CountingAugment()
     est = SelfLabelClusterer(
@@ -69,10 +69,11 @@ def test_only_training_sees_the_augmentation(digits):
         augment=aug, random_state=0,
     ).fit(X)
     # Updates at epochs 0 and 3; the transfer takes the place of the second.
-    # Their passes, and the pass that gives labels_, read the plain samples.
+    # The label passes and the pass that gives labels_ read the plain
+    # samples; besides training, only the transfer's 8 views are augmented.
     assert est.net_.label_updates_ == 2
     assert "label_update" in est.history_[0] and "label_transfer" in est.history_[3]
-    assert aug.calls == 4 * len(X)
+    assert aug.calls == (4 + 8) * len(X)
 
 
 def test_label_dataset_drops_only_the_transform(digits):

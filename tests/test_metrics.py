@@ -131,7 +131,7 @@ def test_true_label_nmi_records_every_update():
     X, y = load_digits(return_X_y=True)
     X, y = X[:200] / 16.0, y[:200]
     est = SelfLabelClusterer(
-        n_clusters=5, n_heads=2, max_epochs=3, n_label_updates=2, batch_size=64,
+        n_clusters=5, n_heads=2, max_epochs=4, n_label_updates=3, batch_size=64,
         callbacks=[TrueLabelNMI(y)], random_state=0,
     ).fit(X)
     rows = [row for row in est.history_ if "label_update" in row]
