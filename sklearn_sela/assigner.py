@@ -38,14 +38,29 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .sinkhorn import sinkhorn_knopp, soft_assignments
 
-__all__ = ["SinkhornAssigner"]
+__all__ = ["SinkhornAssigner", "cluster_centers"]
 
 
-def _cluster_centers(Xs, labels, centers, metric):
-    """Centre of each cluster of the rows of ``Xs``: their mean
-    (``"euclidean"``) or the unit vector along their sum (``"cosine"``, for
-    unit rows). A cluster without rows (or with a zero sum) keeps its row
-    of ``centers``."""
+def cluster_centers(Xs, labels, centers, metric):
+    """Centre of each cluster of the rows of ``Xs``.
+
+    Parameters
+    ----------
+    Xs : ndarray of shape (n_samples, n_features)
+        Samples; unit rows for ``metric="cosine"``.
+    labels : ndarray of int of shape (n_samples,)
+        Cluster of each sample.
+    centers : ndarray of shape (n_clusters, n_features)
+        What a cluster without samples (or with a zero sum) keeps.
+    metric : {"euclidean", "cosine"}
+        ``"euclidean"``: the mean of the cluster's rows; ``"cosine"``: the
+        unit vector along their sum. One pass over the rows, in float64.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, n_features)
+        In the dtype of ``Xs``.
+    """
     k = centers.shape[0]
     counts = np.bincount(labels, minlength=k)
     sums = np.zeros((k, Xs.shape[1]), dtype=np.float64)
@@ -449,7 +464,7 @@ class SinkhornAssigner(
         return np.einsum("ij,ij->i", diff, diff)
 
     def _update_centers(self, Xs, labels, centers):
-        return _cluster_centers(Xs, labels, centers, self.metric)
+        return cluster_centers(Xs, labels, centers, self.metric)
 
     # ------------------------------------------------------------------
     # Fitting

@@ -171,8 +171,8 @@ def _load_input(path, args, channels=None, exclude=()):
         if exclude:
             exclude = tuple(exclude)
             under = tuple(os.path.join(e, "") for e in exclude)
-            found = [f for f in found if not (
-                os.path.realpath(f) in exclude or os.path.realpath(f).startswith(under))]
+            real = [os.path.realpath(f) for f in found]
+            found = [f for f, r in zip(found, real) if r not in exclude and not r.startswith(under)]
         if not found:
             raise UserError(
                 f"no image files found in folder {path!r} (looked for "

@@ -579,13 +579,14 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # -- inference --------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, base, features=True, probas=True):
+    def _forward(self, base, features=True, probas=True, heads=None):
         """One network pass over a dataset from :meth:`_dataset`: the
-        backbone features and/or every head's log-probabilities,
-        concatenated over batches (numpy)."""
+        backbone features and/or the log-probabilities of ``heads`` (all
+        when None), concatenated over batches (numpy)."""
         net = self.net_
         module = net.module_
         module.eval()
+        heads = range(len(module.heads)) if heads is None else heads
         feats, probs = [], []
         for batch in net.get_iterator(AugmentedDataset(base), training=False):
             f = module.features(batch[0].to(net.device))
@@ -595,18 +596,20 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 z = module.embed(f)
                 probs.append([
                     torch.log_softmax(module.head_logits(t, z).float(), dim=1).cpu()
-                    for t in range(len(module.heads))
+                    for t in heads
                 ])
         feats = torch.cat(feats).numpy() if features else None
         if probas:
             probs = [torch.cat([p[t] for p in probs]).numpy() for t in range(len(probs[0]))]
         return feats, probs
 
-    def _balanced(self, log_probas):
-        """Each head's probabilities under its cluster balancing."""
+    def _balanced(self, log_probas, heads=None):
+        """The probabilities of ``heads`` (all when None) under their cluster
+        balancing, from their log-probabilities."""
+        heads = range(len(self.log_betas_)) if heads is None else heads
         return [
-            soft_assignments(lp, beta, lam=self.net_.lam)
-            for lp, beta in zip(log_probas, self.log_betas_)
+            soft_assignments(lp, self.log_betas_[t], lam=self.net_.lam)
+            for lp, t in zip(log_probas, heads)
         ]
 
     def _new_data(self, X):
@@ -642,8 +645,9 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             Rows sum to one.
         """
         check_is_fitted(self, "net_")
-        head = self._check_head(head)
-        return self.predict_proba_heads(X)[head]
+        heads = [self._check_head(head)]
+        log_probas = self._forward(self._new_data(X), features=False, heads=heads)[1]
+        return self._balanced(log_probas, heads)[0]
 
     def predict_proba_heads(self, X):
         """Cluster probabilities of every head, from one pass of the network.

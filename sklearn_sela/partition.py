@@ -22,7 +22,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .assigner import SinkhornAssigner
+from .assigner import SinkhornAssigner, cluster_centers
 from .neighbors import cosine_neighbors, neighbor_agreement, smooth_over_neighbors
 from .spectral import neighbor_spectral_embedding
 
@@ -32,9 +32,8 @@ __all__ = ["BalancedGraphClustering"]
 def _unit_means(x, labels, n_clusters):
     """Unit-length mean of the unit rows of ``x`` in each cluster (zero for
     a cluster without rows)."""
-    sums = np.zeros((n_clusters, x.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, normalize(x))
-    return normalize(sums).astype(x.dtype)
+    return cluster_centers(normalize(x), labels, np.zeros((n_clusters, x.shape[1]), x.dtype),
+                           "cosine")
 
 
 class BalancedGraphClustering(ClusterMixin, BaseEstimator):

@@ -34,7 +34,7 @@ from .distributed import (
     unwrap_module,
     update_labels_distributed,
 )
-from .assigner import SinkhornAssigner
+from .assigner import SinkhornAssigner, cluster_centers
 from .neighbors import average_over_neighbors, cosine_neighbors, smooth_over_neighbors
 from .spectral import neighbor_spectral_embedding
 from .sinkhorn import sinkhorn_knopp
@@ -61,18 +61,6 @@ _TRANSFER_MAX_ITER = 20
 # eigensolve grows with K squared).
 _TRANSFER_VIEWS = 8
 _TRANSFER_SPECTRAL_MAX = 50
-
-
-def _unit_means(x, labels, n_clusters, fallback):
-    """Unit-length sum of the rows of ``x`` (Tensor) in each cluster; a
-    cluster without rows keeps its row of ``fallback``."""
-    sums = torch.zeros((n_clusters, x.shape[1]), dtype=torch.float64)
-    sums.index_add_(0, labels, x.double())
-    norms = sums.norm(dim=1)
-    out = fallback.double().clone()
-    ok = norms > 0
-    out[ok] = sums[ok] / norms[ok, None]
-    return out.to(x.dtype)
 
 
 def label_update_epochs(max_epochs, n_updates, schedule="quadratic"):
@@ -539,11 +527,14 @@ class SelfLabelNet(NeuralNet):
             # Every rank then computes the same features, partition and
             # prototypes (DDP does not synchronise parameters set by hand).
             broadcast_buffers(module, group)
-        feats = self.training_features(dataset)
-        n = len(feats)
-        x = feats
-        if _TRANSFER_VIEWS and isinstance(augmented, AugmentedDataset) and augmented.transform:
-            x = self.training_features(augmented, _TRANSFER_VIEWS)
+        views = (_TRANSFER_VIEWS and isinstance(augmented, AugmentedDataset)
+                 and augmented.transform is not None)
+        cosine = isinstance(module, MultiHeadNet) and module.temperature is not None
+        # The plain features: what the prototypes come from, and what is
+        # partitioned without augmentation.
+        feats = self.training_features(dataset) if cosine or not views else None
+        x = self.training_features(augmented, _TRANSFER_VIEWS) if views else feats
+        n = len(x)
         x = x.to(self.device)
         neighbors = cosine_neighbors(
             x - x.mean(dim=0), min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True
@@ -553,39 +544,39 @@ class SelfLabelNet(NeuralNet):
                 torch.nn.functional.normalize(x, dim=1), neighbors, _TRANSFER_SMOOTHING
             ),
             dim=1,
-        ).cpu()
-        cosine = isinstance(module, MultiHeadNet) and module.temperature is not None
+        ).cpu().numpy()
         if cosine:
-            embedding = torch.cat([
+            embedding = torch.cat([  # unit rows, as the heads read them
                 module.embed(block.to(self.device)).float().cpu()
                 for block in feats.split(max(1, (1 << 22) // feats.shape[1]))
-            ])
+            ]).numpy()
+        # Unit rows of the leading eigenvectors of the graph, per K.
         spectral = {
-            k: torch.from_numpy(neighbor_spectral_embedding(
-                neighbors.cpu(), k, random_state=int(self.label_seed)
-            )).float()
+            k: neighbor_spectral_embedding(neighbors.cpu(), k, random_state=int(self.label_seed))
             for k in set(self.n_clusters) if 1 < k <= _TRANSFER_SPECTRAL_MAX and n > k
         }
         iterations = []
         for t, k in enumerate(self.n_clusters):
-            init = _unit_means(smoothed, previous[:, t], k, torch.zeros((k, smoothed.shape[1])))
-            run = SinkhornAssigner(
-                n_clusters=k, metric="cosine", init=init.numpy(), max_iter=_TRANSFER_MAX_ITER
-            ).fit(smoothed.numpy())
-            labels = torch.as_tensor(run.labels_, dtype=torch.int64)
-            if k in spectral:
-                # Refined in the spectral embedding of the neighbour graph,
-                # where clusters follow its connected regions.
-                emb = torch.nn.functional.normalize(spectral[k], dim=1)
-                init = _unit_means(emb, labels, k, torch.zeros((k, emb.shape[1])))
-                labels = torch.as_tensor(SinkhornAssigner(
-                    n_clusters=k, metric="cosine", init=init.numpy(),
-                    max_iter=_TRANSFER_MAX_ITER,
-                ).fit(emb.numpy()).labels_, dtype=torch.int64)
-            self.labels_[:, t] = labels
+            labels = previous[:, t].numpy()
+            run = None
+            for space in (smoothed, spectral.get(k)):
+                if space is None:
+                    continue
+                # The balanced k-means from the centres of the current
+                # clusters; in the spectral embedding, clusters follow the
+                # graph's connected regions.
+                init = cluster_centers(space, labels, np.zeros((k, space.shape[1]), space.dtype),
+                                       "cosine")
+                step = SinkhornAssigner(
+                    n_clusters=k, metric="cosine", init=init, max_iter=_TRANSFER_MAX_ITER
+                ).fit(space)
+                labels, run = step.labels_, run or step
+            self.labels_[:, t] = torch.as_tensor(labels, dtype=torch.int64)
             if cosine:
                 weight = module.heads[t].weight
-                weight.copy_(_unit_means(embedding, labels, k, weight.detach().cpu()))
+                weight.copy_(torch.from_numpy(
+                    cluster_centers(embedding, labels, weight.detach().cpu().numpy(), "cosine")
+                ))
             iterations.append(int(run.n_iter_))
         info = self.label_update_info(previous, [], start)
         info["kmeans_iter"] = iterations

@@ -32,6 +32,7 @@ API_MODULES = [
     "sklearn_sela",
     "sklearn_sela.sinkhorn",
     "sklearn_sela.partition",
+    "sklearn_sela.assigner",
     "sklearn_sela.spectral",
     "sklearn_sela.training",
     "sklearn_sela.data",
