@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sklearn_sela import sinkhorn_knopp
-from sklearn_sela.distributed import all_gather_rows, shard_bounds
+from sklearn_sela.collectives import all_gather_rows, shard_bounds
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import free_port  # noqa: E402

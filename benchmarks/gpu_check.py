@@ -145,6 +145,7 @@ def nccl_worker(rank, world, port, out):
 
     import torch.distributed as dist
 
+    import sklearn_sela.collectives as collectives
     import sklearn_sela.distributed as sela_dist
     import sklearn_sela.training as sela_training
 
@@ -158,16 +159,16 @@ def nccl_worker(rank, world, port, out):
         # distributed mode so that its NCCL collectives run all the same.
         for mod in (sela_dist, sela_training):
             mod.get_process_group = lambda: dist.group.WORLD
-    found = {"collective_device": str(sela_dist.collective_device())}
+    found = {"collective_device": str(collectives.collective_device())}
     gen = torch.Generator().manual_seed(1)
     n, k = 40_001, 50
     logp = torch.log_softmax(torch.randn(n, k, generator=gen) * 3, dim=1)
     logp[:, 0] += 1.0  # a popular cluster: the balanced rounding has work to do
-    lo, hi = sela_dist.shard_bounds(n, world, rank)
+    lo, hi = collectives.shard_bounds(n, world, rank)
     for assign in ("argmax", "balanced"):
         whole = sinkhorn_knopp(logp.cuda(), assign=assign)
         shard = sinkhorn_knopp(logp[lo:hi].cuda(), assign=assign, process_group=dist.group.WORLD)
-        labels = sela_dist.all_gather_rows(shard.labels, dist.group.WORLD)
+        labels = collectives.all_gather_rows(shard.labels, dist.group.WORLD)
         found[assign] = {
             "agree_with_single_process": float((labels == whole.labels).double().mean()),
             "n_iter": [shard.n_iter, whole.n_iter],
@@ -178,7 +179,7 @@ def nccl_worker(rank, world, port, out):
     y = rng.integers(0, 4, 2_001)
     X = (protos[y] * 200 + rng.normal(0, 25, (len(y), 28, 28))).clip(0, 255).astype(np.uint8)
     est = SelfLabelClusterer(
-        n_clusters=4, n_heads=2, max_epochs=2, batch_size=128, assign="balanced",
+        n_clusters=4, n_heads=2, max_epochs=2, batch_size=128,
         device="cuda", random_state=0,
     )
     start = time.perf_counter()

@@ -110,6 +110,11 @@ class BenchmarkFragments(SphinxDirective):
 
     Fragments are written by the benchmark scripts, so which exist depends on
     what has been run; a missing one is skipped rather than an error.
+
+    Each fragment gets the label ``benchmarks-<name>`` (``benchmarks_quality.md``:
+    ``benchmarks-quality``) on its first heading, for ``:ref:`` links from
+    the guides and the docstrings; MyST targets in a fragment, a line
+    ``(label)=`` before a heading, label its sections.
     """
 
     has_content = False
@@ -128,12 +133,20 @@ class BenchmarkFragments(SphinxDirective):
         for name in names:
             path = found[name]
             self.env.note_dependency(str(path))
+            lines += [f".. _benchmarks-{name}:", ""]
             if HAVE_MYST:
                 lines += [f".. include:: {path.name}", "   :parser: myst_parser.sphinx_", ""]
             else:
+                # Without MyST the fragment is shown as text under a heading of
+                # its own, which its section labels also point to.
+                text = path.read_text()
+                title = next((ln.lstrip("#").strip() for ln in text.splitlines()
+                              if ln.startswith("#")), path.name)
+                lines += [f".. _{label}:" for label in re.findall(r"^\((\S+)\)=$", text, re.M)]
                 lines += [
-                    f".. rubric:: {path.name}", "",
-                    f".. literalinclude:: {path.name}", "   :language: markdown", "",
+                    "", title, "-" * len(title), "",
+                    f".. literalinclude:: {path.name}", "   :language: markdown",
+                    f"   :caption: {path.name}", "",
                 ]
         self.state_machine.insert_input(lines, self.state_machine.input_lines.source(0))
         return []

@@ -3,9 +3,9 @@ for scikit-learn.
 
 Layers, bottom to top: :mod:`~sklearn_sela.sinkhorn` (the solver),
 :mod:`~sklearn_sela.assigner` (``SinkhornAssigner``) and
-:mod:`~sklearn_sela.partition` (``BalancedGraphClustering``), :mod:`~sklearn_sela.data`,
-:mod:`~sklearn_sela.image_files` and :mod:`~sklearn_sela.backbones` (inputs,
-image folders and networks),
+:mod:`~sklearn_sela.partition` (``BalancedGraphClustering``), :mod:`~sklearn_sela.data`
+and :mod:`~sklearn_sela.backbones` (inputs, augmentation, image folders and
+networks),
 :mod:`~sklearn_sela.training` (the skorch self-labelling loop),
 :mod:`~sklearn_sela.clusterer` (``SelfLabelClusterer``) and
 :mod:`~sklearn_sela.cli` (the ``sela`` command).

@@ -346,7 +346,7 @@ def make_backbone(spec, info, *, projection=False):
     if name == "convnet":
         # Under 16 pixels (8x8 digits) every stage after the single pooling
         # runs at 4x4, where a 256-wide stage costs 3/4 of the compute with
-        # no better clusters or kNN on digits (docs/benchmarks_quality.md).
+        # no better clusters or kNN on digits.
         widths = (32, 64, 128) if min(height, width) < 16 else (32, 64, 128, 256)
         module = ConvNet(channels, (height, width), widths=widths,
                          feature_dim=None if projection else 128)

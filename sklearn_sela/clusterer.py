@@ -1,9 +1,16 @@
-"""``SelfLabelClusterer``: the scikit-learn face of SeLa training."""
+"""``SelfLabelClusterer``: the scikit-learn face of SeLa training.
+
+This module is over 700 lines: a quarter of it is the estimator's
+parameter documentation, and its private helpers (building the skorch net,
+resume checks, the inference pass, the fitted state) stay beside the class,
+as in scikit-learn's ``_kmeans.py``.
+"""
 
 from numbers import Integral, Real
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -11,21 +18,22 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_con
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import ProgressBar
+from skorch.history import History
 
 from .backbones import MultiHeadNet, make_backbone
 from .data import AugmentedDataset, as_dataset, default_augmentation
 from .distributed import DistributedFit
 from .neighbors import cosine_neighbors, neighbor_agreement
 from .sinkhorn import sinkhorn_knopp, soft_assignments
-from .training import (
+from .callbacks import (
     Checkpoint,
     SelfLabelling,
-    SelfLabelNet,
     StepDrops,
     label_update_epochs,
     load_checkpoint,
     restore_checkpoint,
 )
+from .training import SelfLabelNet
 
 __all__ = ["SelfLabelClusterer"]
 
@@ -107,7 +115,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     remaining epochs.
     After training, the head whose clusters split the fewest neighbourhoods
     of the training samples is the one that :meth:`predict` uses
-    (``head_``). Measured effects: :doc:`/benchmarks`.
+    (``head_``). Measured effects: :ref:`benchmarks-quality`.
 
     Parameters
     ----------
@@ -165,7 +173,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Size of the neighbourhood (the sample and its nearest training
         samples by cosine similarity of the features) whose predictions are
         averaged in each self-labelling step; 1 is the paper's step. Each
-        step then adds an exact ``O(N^2 D)`` similarity search.
+        step then adds an exact ``O(N^2 D)`` similarity search (timings:
+        :ref:`benchmarks-training`).
 
     projection : tuple of int or None, default=(512, 128)
         Widths of the MLP between the backbone features and the heads, as in
@@ -357,7 +366,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def _dataset(self, X, reset):
         expected = None if reset else self.input_info_
-        base, info = as_dataset(X, expected=expected, image_size=self.image_size)
+        base, info = as_dataset(X, expected=expected, image_size=self.image_size,
+                                estimator_name=type(self).__name__)
         if reset:
             self.input_info_ = info
             if info.kind == "tabular":
@@ -741,6 +751,63 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         marg = p.mean(axis=0)
         ent = -(marg * np.log(marg + eps)).sum()
         return float((ent - cond) / np.log(k))
+
+    # -- state -------------------------------------------------------------
+    def __getstate__(self):
+        """The estimator as plain values, for pickles, copies and model files.
+
+        The fitted network ``net_`` is given as its weights (on the CPU) and
+        its training record rather than as the skorch object, so that one
+        definition of the fitted state serves :mod:`pickle`,
+        :func:`copy.deepcopy` and :func:`sklearn_sela.persistence.save_model`,
+        and a model fitted on a GPU opens where there is none.
+        """
+        state = dict(super().__getstate__())
+        net = state.pop("net_", None)
+        if net is not None:
+            state["net_"] = {
+                "state_dict": {
+                    k: v.detach().to("cpu", copy=True)
+                    for k, v in net.module_.state_dict().items()
+                },
+                "labels": net.labels_.cpu().clone(),
+                "log_betas": [None if b is None else b.cpu() for b in net.log_betas_],
+                "history": net.history.to_list(),
+                "max_epochs": int(net.max_epochs),
+                "seed": int(net.label_seed),
+                "label_updates": int(getattr(net, "label_updates_", 0)),
+            }
+        return state
+
+    def __setstate__(self, state):
+        """Restore from :meth:`__getstate__`, rebuilding the network from the
+        parameters and loading its weights (``load_state_dict``'s errors
+        name what does not fit)."""
+        state = dict(state)
+        net = state.pop("net_", None)
+        super().__setstate__(state)
+        if net is None:
+            return
+        info = self.input_info_
+        built = self._build_net(
+            info, self.n_clusters_, net["max_epochs"], info.n_samples, net["seed"]
+        )
+        if str(built.device).startswith("cuda") and not torch.cuda.is_available():
+            warnings.warn(
+                f"This model was fitted with device={self.device!r}, but CUDA is "
+                "not available here: it runs on the CPU.",
+                UserWarning,
+                stacklevel=2,
+            )
+            built.device = "cpu"
+        built.initialize()
+        built.module_.load_state_dict(net["state_dict"])
+        built.module_.eval()
+        built.labels_ = net["labels"].to(torch.int64).clone()
+        built.log_betas_ = list(net["log_betas"])
+        built.label_updates_ = net["label_updates"]
+        built.history_ = History(net["history"])
+        self.net_ = built
 
     @property
     def _n_features_out(self):

@@ -1,4 +1,4 @@
-"""Multi-process SeLa: sharded Sinkhorn-Knopp and data-parallel training.
+"""Multi-process SeLa: process groups, the sharded sampler and DDP wiring.
 
 Everything here is driven by :mod:`torch.distributed` and switched on
 automatically when a default process group with more than one rank exists
@@ -7,18 +7,20 @@ script written for one process runs unchanged on several.
 
 Layout of the work
 ------------------
-* **Samples are sharded by contiguous index ranges** (:func:`shard_bounds`):
-  rank ``r`` owns samples ``[r * N // P, (r + 1) * N // P)``. Every rank can
+* **Samples are sharded by contiguous index ranges**
+  (:func:`~sklearn_sela.collectives.shard_bounds`): rank ``r`` owns samples ``[r * N // P, (r + 1) * N // P)``. Every rank can
   compute every shard's bounds, so nothing about the partition is exchanged.
 * **Self-labelling pass**: each rank writes the log-probabilities of its own
   shard into a local ``(N_r, K)`` buffer and calls
   :func:`~sklearn_sela.sinkhorn.sinkhorn_knopp` with ``process_group``; per
   iteration only the ``K`` column sums are all-reduced. The ``N x K`` matrix
-  is never gathered; only the ``N`` int64 labels are (:func:`all_gather_rows`),
-  so that every rank holds the labels of all samples in the original order.
-* **Balanced labels** (:func:`balanced_labels_distributed`) reproduce the
-  single-process greedy rounding with exact global cluster sizes, exchanging
-  per-cluster counts and per-cluster margin thresholds (``O(K)`` per step).
+  is never gathered; only the ``N`` int64 labels are
+  (:func:`~sklearn_sela.collectives.all_gather_rows`), so that every rank holds the labels of all samples in the original order.
+* **Balanced labels**: the solver's rounding reproduces the single-process
+  greedy with exact global cluster sizes, exchanging per-cluster counts and
+  per-cluster margin thresholds (``O(K)`` per step).
+* **One label step**: :meth:`~sklearn_sela.training.SelfLabelNet.update_labels`
+  is the same code on one process (the one-shard case) and on many.
 * **Training**: :class:`ShardedRandomSampler` gives each rank its share of a
   shuffled epoch, the module is wrapped in
   :class:`~torch.nn.parallel.DistributedDataParallel` (gradients averaged
@@ -30,38 +32,26 @@ import atexit
 import math
 import multiprocessing
 import os
-import time
 
 import torch
 import torch.distributed as dist
 from skorch.callbacks import Callback
 from torch.utils.data import Sampler
 
-from .neighbors import average_over_neighbors
+from .collectives import collective_device
 
 __all__ = [
     "get_process_group",
     "get_rank",
     "get_world_size",
     "is_main_process",
-    "shard_bounds",
-    "all_gather_rows",
-    "balanced_labels_distributed",
     "ShardedRandomSampler",
     "ShardEpoch",
     "DistributedFit",
     "unwrap_module",
     "broadcast_buffers",
-    "update_labels_distributed",
 ]
 
-# Bit pattern of float64 +inf: non-negative doubles sort like their int64 bits.
-_INF_BITS = 0x7FF0000000000000
-# Balanced labels: below this many proposers to over-full clusters (over all
-# ranks) their keys are all-gathered (~30 bytes each); above, thresholds are
-# searched with all-reduces of (n_full_clusters, _SEARCH_WAYS - 1) counts.
-_GATHER_LIMIT = 1 << 16
-_SEARCH_WAYS = 16
 # Set by init_from_environment to the pid of the process that joined the group.
 _OWNER_VAR = "SKLEARN_SELA_DIST_PID"
 
@@ -162,236 +152,6 @@ def is_main_process():
     Use it to guard side effects (files, printing) in your own callbacks.
     """
     return get_rank() == 0
-
-
-def collective_device(group=None):
-    """Device that collectives of ``group`` operate on: CUDA for NCCL, else CPU."""
-    backend = dist.get_backend(group)
-    if "nccl" in str(backend).lower():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_reduce(x, group):
-    dist.all_reduce(x, group=group)
-    return x
-
-
-def shard_bounds(n_samples, world_size, rank):
-    """Contiguous index range ``[lo, hi)`` of the samples owned by ``rank``.
-
-    Shards differ in size by at most one sample and, concatenated in rank
-    order, give ``range(n_samples)``.
-    """
-    lo = (n_samples * rank) // world_size
-    hi = (n_samples * (rank + 1)) // world_size
-    return lo, hi
-
-
-def all_gather_rows(local, group):
-    """Concatenate every rank's ``local`` tensor along dim 0, in rank order.
-
-    Shards may have different lengths (they are padded for the exchange). The
-    result is on ``local``'s device; it has to go through the collective
-    device of the group (CUDA for NCCL).
-    """
-    world = dist.get_world_size(group)
-    dev = collective_device(group)
-    x = local.to(dev)
-    n = torch.tensor([x.shape[0]], dtype=torch.int64, device=dev)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n, group=group)
-    sizes = [int(s.item()) for s in sizes]
-    width = max(sizes)
-    pad = torch.zeros((width,) + tuple(x.shape[1:]), dtype=x.dtype, device=dev)
-    pad[: x.shape[0]] = x
-    parts = [torch.empty_like(pad) for _ in range(world)]
-    dist.all_gather(parts, pad, group=group)
-    out = torch.cat([p[:s] for p, s in zip(parts, sizes)])
-    return out.to(local.device)
-
-
-# -- balanced labels with a process group ------------------------------------
-def _margin_bits(margin):
-    """Order-preserving int64 keys of non-negative margins (NaN counts as 0)."""
-    m = torch.nan_to_num(margin.double(), nan=0.0, posinf=math.inf)
-    # clamp, then + 0.0 turns -0.0 into +0.0 so that zero has a single key.
-    m = m.clamp(min=0.0) + 0.0
-    return m.view(torch.int64)
-
-
-def _lexsort_rows(keys):
-    """Stable order of the rows of an int64 matrix, first column most significant."""
-    order = torch.arange(keys.shape[0], device=keys.device)
-    for col in range(keys.shape[1] - 1, -1, -1):
-        order = order[torch.argsort(keys[order, col], stable=True)]
-    return order
-
-
-def _keep_largest(prop, bits, history, target, full, group, n_global):
-    """Which proposers over-full clusters keep, exactly ``target[j]`` globally.
-
-    Each over-full cluster ``j`` keeps its ``target[j]`` proposers with the
-    largest margin over all ranks, ties broken as the single-process greedy
-    breaks them: by ``history`` (one int64 row per proposer, most significant
-    first, ending with the global sample index).
-
-    * Few proposers in all (``n_global <= _GATHER_LIMIT``, the usual case
-      after the first round): their ``(cluster, margin, history)`` rows are
-      all-gathered and every rank ranks them the same way; one exchange.
-    * Many proposers: each over-full cluster's margin threshold (its
-      ``target[j]``-th largest margin) is found by a ``_SEARCH_WAYS``-ary
-      search on the margins' bit patterns, all clusters at once, with one
-      all-reduce of ``(n_full, _SEARCH_WAYS - 1)`` counts per step (16 steps
-      for 63 bits). Only the proposers exactly at a threshold are then
-      all-gathered to settle ties.
-    """
-    k = target.numel()
-    dev = bits.device
-    if n_global <= _GATHER_LIMIT:
-        keys = torch.cat([prop[:, None], -bits[:, None], history], dim=1)
-        rows = all_gather_rows(keys, group)
-        return torch.isin(history[:, -1], _ranked_ids(rows, target))
-    act = torch.nonzero(full & (target > 0)).flatten()
-    n_act = act.numel()
-    pos = torch.full((k,), -1, dtype=torch.int64, device=dev)
-    pos[act] = torch.arange(n_act, device=dev)
-    mine = pos[prop] >= 0
-    p_act, b_act = pos[prop[mine]], bits[mine]
-    tgt = target[act]
-    ways = _SEARCH_WAYS
-    j = torch.arange(1, ways, device=dev)
-    slot = p_act[:, None] * (ways - 1) + (j - 1)
-    lo = torch.zeros(n_act, dtype=torch.int64, device=dev)
-    hi = torch.full((n_act,), _INF_BITS, dtype=torch.int64, device=dev)
-    # Largest t with count(bits >= t) >= target; count(bits >= 0) > target.
-    while bool((lo < hi).any()):
-        span = hi - lo
-        step = torch.clamp(span // ways + (span % ways > 0).long(), min=1)
-        thr = torch.minimum(lo[:, None] + step[:, None] * j, hi[:, None])
-        ge = b_act[:, None] >= thr[p_act]
-        cnt = torch.bincount(slot[ge], minlength=n_act * (ways - 1))
-        cnt = _all_reduce(cnt, group).view(n_act, ways - 1)
-        n_ok = (cnt >= tgt[:, None]).sum(1)
-        new_lo = torch.where(
-            n_ok > 0, thr.gather(1, (n_ok - 1).clamp(min=0)[:, None])[:, 0], lo
-        )
-        new_hi = torch.where(
-            n_ok < ways - 1, thr.gather(1, n_ok.clamp(max=ways - 2)[:, None])[:, 0] - 1, hi
-        )
-        moving = lo < hi
-        lo = torch.where(moving, new_lo, lo)
-        hi = torch.where(moving, new_hi, hi)
-    # Clusters that keep nobody get a threshold above every key.
-    thr = torch.full((k,), _INF_BITS + 1, dtype=torch.int64, device=dev)
-    thr[act] = lo
-    t = thr[prop]
-    keep = bits > t
-    tie = torch.nonzero(bits == t).flatten()
-    n_above = torch.bincount(prop[keep], minlength=k)
-    both = _all_reduce(torch.cat([n_above, n_above.new_tensor([tie.numel()])]), group)
-    if int(both[-1]) == 0:
-        return keep
-    quota_target = target - both[:-1]
-    keys = torch.cat([prop[tie, None], history[tie]], dim=1)
-    rows = all_gather_rows(keys, group)
-    keep[tie[torch.isin(history[tie, -1], _ranked_ids(rows, quota_target))]] = True
-    return keep
-
-
-def _ranked_ids(rows, quota):
-    """Global ids (last column) of the first ``quota[c]`` rows of each cluster.
-
-    ``rows`` are int64 keys, cluster in the first column, sorted
-    lexicographically; the same on every rank, so every rank agrees.
-    """
-    rows = rows[_lexsort_rows(rows)]
-    cluster = rows[:, 0].contiguous()
-    first = torch.searchsorted(cluster, cluster, right=False)
-    within = torch.arange(rows.shape[0], device=rows.device) - first
-    return rows[within < quota[cluster], -1]
-
-
-def balanced_labels_distributed(kernel, log_b, proportions, block, group):
-    """Exact-size labels from a row-sharded transport plan.
-
-    The distributed counterpart of ``sinkhorn._balanced_labels`` (called by
-    :func:`~sklearn_sela.sinkhorn.sinkhorn_knopp` for ``assign="balanced"``
-    with a ``process_group``): every unassigned sample proposes to its best
-    open cluster, per-cluster proposal counts are all-reduced, and each
-    over-full cluster keeps exactly its remaining room, the proposers with the
-    largest log-margin to their next choice, chosen across ranks by
-    :func:`_keep_largest`; it then closes and the rest propose again. The
-    global cluster sizes are exactly those of
-    :func:`~sklearn_sela.sinkhorn.balanced_sizes` (rounding remainder to the
-    clusters argmax fills most, counted globally) and the labels are those of
-    the single-process greedy on the concatenated rows: ties in margin are
-    broken in the same order, using each pending sample's history (its
-    proposal and margin in every earlier round, then its global index).
-
-    Parameters
-    ----------
-    kernel : Tensor of shape (n_local, n_clusters) or sinkhorn kernel
-        This rank's rows of the working kernel: a matrix, or the solver's
-        kernel object (anything ``sinkhorn._topk_labels`` reads).
-    log_b : Tensor of shape (n_clusters,)
-        Pending log column scaling, float64 (identical on every rank).
-    proportions : ndarray of shape (n_clusters,)
-        Target cluster proportions.
-    block : int
-        Rows per block, used when ``kernel`` is a matrix.
-    group : ProcessGroup
-        The group the rows are sharded over.
-
-    Returns
-    -------
-    labels : Tensor of shape (n_local,), int64
-    """
-    from .sinkhorn import _topk_labels, balanced_sizes
-
-    n, k = kernel.shape
-    device = kernel.device
-    shard_sizes = all_gather_rows(torch.tensor([n], device=device), group)
-    offset = int(shard_sizes[: dist.get_rank(group)].sum())
-    everyone = torch.arange(n, device=device)
-    open_mask = torch.ones(k, dtype=torch.bool, device=device)
-    proposal, margin = _topk_labels(kernel, log_b, everyone, open_mask, block)
-    demand = _all_reduce(torch.bincount(proposal, minlength=k), group)
-    sizes = balanced_sizes(int(shard_sizes.sum()), proportions, demand=demand.cpu().numpy())
-    room = torch.as_tensor(sizes, dtype=torch.int64).to(device)
-    labels = torch.full((n,), -1, dtype=torch.int64, device=device)
-    pending = everyone
-    # Tie-break keys of the pending samples, most significant column first.
-    history = (pending + offset)[:, None]
-    counts = demand
-    while True:
-        if int(counts.sum()) == 0:
-            break
-        full = counts > room
-        if not bool(full.any()):
-            labels[pending] = proposal
-            break
-        accept = ~full[proposal]
-        labels[pending[accept]] = proposal[accept]
-        room = torch.where(full, room, room - counts)
-        rest, rest_prop, rest_hist = pending[~accept], proposal[~accept], history[~accept]
-        bits = _margin_bits(margin[~accept])
-        n_rest = int(counts[full].sum())
-        keep = _keep_largest(rest_prop, bits, rest_hist, room, full, group, n_rest)
-        labels[rest[keep]] = rest_prop[keep]
-        # Every over-full cluster is now exactly full.
-        room = torch.where(full, torch.zeros_like(room), room)
-        open_mask &= room > 0
-        out = ~keep
-        pending = rest[out]
-        # The single-process greedy orders the rejected by (cluster, -margin,
-        # previous order): that is their tie-break key from now on.
-        history = torch.cat(
-            [rest_prop[out, None], -bits[out, None], rest_hist[out]], dim=1
-        )
-        proposal, margin = _topk_labels(kernel, log_b, pending, open_mask, block)
-        counts = _all_reduce(torch.bincount(proposal, minlength=k), group)
-    return labels
 
 
 # -- training ----------------------------------------------------------------
@@ -609,51 +369,3 @@ class DistributedFit:
         broadcast_buffers(module, self.group)
         net.module_ = module
         return net
-
-
-@torch.no_grad()
-def update_labels_distributed(net, dataset, group):
-    """Self-labelling step of a :class:`~sklearn_sela.training.SelfLabelNet`
-    whose samples are sharded over ``group``.
-
-    Rank ``r`` computes the log-probabilities of its contiguous shard only
-    (:func:`shard_bounds`), head by head
-    (:meth:`~sklearn_sela.training.SelfLabelNet.head_log_probas`: one
-    ``(N_r, K_t)`` buffer per head, or cached features and one reused
-    buffer when the features are narrower than the heads together), solves
-    each head with the distributed Sinkhorn (``process_group=group``; ``K``-length
-    all-reduces) and all-gathers the int64 labels, so ``net.labels_`` is the
-    same ``(N, T)`` tensor on every rank. Returns the same info dict as
-    :meth:`SelfLabelNet.update_labels`, plus ``"local_rows"``.
-
-    With ``net.label_neighbors > 1`` the neighbourhoods of a shard's samples
-    reach into other shards, so each head's probabilities are all-gathered
-    (``N x K_t`` on every rank) before the shard's rows are averaged.
-    """
-    start = time.perf_counter()
-    n = len(net.labels_)
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    lo, hi = shard_bounds(n, world, rank)
-    dev = collective_device(group)
-    module = unwrap_module(net.module_)
-    broadcast_buffers(module, group)
-    local = torch.empty((hi - lo, len(net.n_clusters)), dtype=torch.int64, device=dev)
-    feats = net.label_pass_features(dataset, hi - lo)
-    neighbors = None
-    solves = []
-    for t, buf in net.head_log_probas(dataset, shard=(lo, hi), device=dev, features_out=feats):
-        if t == 0:
-            # Neighbourhoods span shards: search among all ranks' features,
-            # average over all ranks' probabilities.
-            full = None if feats is None else all_gather_rows(feats, group).cpu()
-            neighbors = net.label_neighbors_of(dataset, rows=(lo, hi), features=full)
-            feats = full = None
-        if neighbors is not None:
-            average_over_neighbors(all_gather_rows(buf.exp(), group), neighbors, out=buf)
-        local[:, t], res = net.solve_head(buf, t, process_group=group)
-        solves.append(res)
-    previous = net.labels_.clone()
-    net.labels_ = all_gather_rows(local, group).cpu()
-    info = net.label_update_info(previous, solves, start)
-    info["local_rows"] = hi - lo
-    return info

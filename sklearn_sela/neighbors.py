@@ -18,6 +18,7 @@ __all__ = [
     "cosine_neighbors",
     "average_over_neighbors",
     "smooth_over_neighbors",
+    "symmetric_adjacency",
     "neighbor_agreement",
 ]
 
@@ -99,10 +100,21 @@ def average_over_neighbors(probas, neighbors, out):
     return out
 
 
-def _symmetric_adjacency(neighbors):
-    """``(B + B.T) / 2`` for the 0/1 adjacency ``B`` of ``neighbors`` (n, k):
-    a coalesced sparse (n, n) tensor, 1 where the relation is mutual, 1/2
-    where it is one-sided."""
+def symmetric_adjacency(neighbors):
+    """The symmetrised adjacency matrix of a k-nearest-neighbour graph.
+
+    Parameters
+    ----------
+    neighbors : LongTensor of shape (n_samples, n_neighbors)
+        Each sample's neighbours (e.g. from :func:`cosine_neighbors`).
+
+    Returns
+    -------
+    adjacency : sparse Tensor of shape (n_samples, n_samples)
+        ``(B + B.T) / 2`` for the 0/1 adjacency ``B`` of ``neighbors``,
+        coalesced: 1 where the relation is mutual, 1/2 where it is
+        one-sided.
+    """
     n, k = neighbors.shape
     rows = torch.arange(n, device=neighbors.device).repeat_interleave(k)
     cols = neighbors.reshape(-1)
@@ -147,7 +159,7 @@ def smooth_over_neighbors(features, neighbors, n_steps):
     eye = torch.sparse_coo_tensor(
         torch.stack([diag, diag]), torch.ones(n, device=device), (n, n), check_invariants=False
     )
-    adj = (_symmetric_adjacency(neighbors.to(device)) + eye).coalesce()
+    adj = (symmetric_adjacency(neighbors.to(device)) + eye).coalesce()
     index, weight = adj.indices(), adj.values()
     degree = torch.zeros(n, device=device).index_add_(0, index[0], weight)
     adj = torch.sparse_coo_tensor(

@@ -166,7 +166,7 @@ def save_model(est, path):
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(est, "net_")
-    net = est.net_
+    net = est.__getstate__()["net_"]
     info = est.input_info_
     state = {
         "format": MODEL_FORMAT,
@@ -174,7 +174,7 @@ def save_model(est, path):
         "library_version": _library_version(),
         "estimator": type(est).__name__,
         "params": json.dumps(model_params(est)),
-        "state_dict": {k: v.detach().cpu() for k, v in net.module_.state_dict().items()},
+        "state_dict": net["state_dict"],
         "fitted": {
             "input_info": {
                 "kind": info.kind,
@@ -189,10 +189,10 @@ def save_model(est, path):
             "log_betas_": [
                 None if b is None else torch.as_tensor(np.asarray(b)) for b in est.log_betas_
             ],
-            "history": json.dumps(net.history.to_list(), default=_json_default),
-            "max_epochs": int(net.max_epochs),
-            "seed": int(net.label_seed),
-            "label_updates": int(getattr(net, "label_updates_", 0)),
+            "history": json.dumps(net["history"], default=_json_default),
+            "max_epochs": net["max_epochs"],
+            "seed": net["seed"],
+            "label_updates": net["label_updates"],
         },
     }
     path = os.fspath(path)
@@ -283,8 +283,6 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
     plain values are unpickled. Training-only parameters that cannot be
     stored (``callbacks``, ``checkpoint_dir``) are None on the loaded model.
     """
-    from skorch.history import History
-
     from .clusterer import SelfLabelClusterer
     from .data import InputInfo
 
@@ -320,27 +318,36 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
             tuple(fitted["input_info"]["sample_shape"]),
             fitted["input_info"]["n_samples"],
         )
-        ks = [int(k) for k in fitted["n_clusters_"]]
-        head = int(fitted["head_"])
-        labels = fitted["labels_"].numpy().astype(np.int64)
         labels_all = fitted["labels_all_"].to(torch.int64)
         log_betas = list(fitted["log_betas_"])
-        history = History(json.loads(fitted["history"]))
-        max_epochs, seed = int(fitted["max_epochs"]), int(fitted["seed"])
-        label_updates, n_epochs = int(fitted["label_updates"]), int(fitted["n_epochs_"])
+        restored = {
+            "input_info_": info,
+            "n_clusters_": [int(k) for k in fitted["n_clusters_"]],
+            "head_": int(fitted["head_"]),
+            "n_epochs_": int(fitted["n_epochs_"]),
+            "labels_all_": labels_all.numpy().copy(),
+            "labels_": fitted["labels_"].numpy().astype(np.int64),
+            "log_betas_": [None if b is None else b.numpy() for b in log_betas],
+            "net_": {
+                "state_dict": state["state_dict"],
+                "labels": labels_all,
+                "log_betas": log_betas,
+                "history": json.loads(fitted["history"]),
+                "max_epochs": int(fitted["max_epochs"]),
+                "seed": int(fitted["seed"]),
+                "label_updates": int(fitted["label_updates"]),
+            },
+        }
+        if info.kind == "tabular":
+            restored["n_features_in_"] = info.sample_shape[0]
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelFileError(
             f"{where!r} is a damaged sklearn-sela model file ({exc})."
         ) from exc
-    est.input_info_ = info
-    if info.kind == "tabular":
-        est.n_features_in_ = info.sample_shape[0]
-    net = est._build_net(info, ks, max_epochs, info.n_samples, seed)
-    net.initialize()
     try:
-        net.module_.load_state_dict(state["state_dict"])
+        est.__setstate__({**est.__dict__, **restored})
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         detail = detail.split(":", 1)[-1].strip()[:300]
@@ -348,16 +355,4 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
             f"The weights in {where!r} do not fit the network its "
             f"parameters describe ({detail})."
         ) from exc
-    net.module_.eval()
-    net.labels_ = labels_all.clone()
-    net.log_betas_ = log_betas
-    net.label_updates_ = label_updates
-    net.history_ = history
-    est.net_ = net
-    est.n_clusters_ = ks
-    est.head_ = head
-    est.n_epochs_ = n_epochs
-    est.labels_all_ = labels_all.numpy().copy()
-    est.labels_ = labels
-    est.log_betas_ = [None if b is None else b.numpy() for b in log_betas]
     return est

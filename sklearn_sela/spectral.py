@@ -15,7 +15,7 @@ works in shift-invert mode on the Laplacian, which needs a sparse
 factorisation. Here the graph comes from blocked matrix products, and
 LOBPCG finds the largest eigenvalues of the normalised adjacency with
 sparse products only: the same partition, many times faster on tens of
-thousands of samples (docs/benchmarks_quality.md). LOBPCG rather than
+thousands of samples. LOBPCG rather than
 ARPACK's Lanczos for these: a graph of several connected components has
 eigenvalue 1 once per component, and a single-vector Krylov method may
 return fewer copies of a repeated eigenvalue than there are, where a block
@@ -32,7 +32,7 @@ from scipy.sparse.linalg import lobpcg
 from sklearn.cluster import KMeans
 from sklearn.utils import check_array, check_random_state
 
-from .neighbors import _symmetric_adjacency, cosine_neighbors
+from .neighbors import cosine_neighbors, symmetric_adjacency
 
 __all__ = ["knn_graph", "neighbor_spectral_embedding", "spectral_partition"]
 
@@ -80,7 +80,7 @@ def _knn_graph(features, n_neighbors):
 def _neighbor_graph(neighbors):
     """The symmetrised graph of a neighbour array, as a scipy CSR matrix."""
     n = neighbors.shape[0]
-    adj = _symmetric_adjacency(neighbors.cpu())
+    adj = symmetric_adjacency(neighbors.cpu())
     rows, cols = adj.indices().numpy()
     return sp.csr_matrix((adj.values().double().numpy(), (rows, cols)), shape=(n, n))
 

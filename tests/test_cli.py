@@ -7,6 +7,7 @@ images, one or two epochs).
 """
 
 import csv
+import inspect
 import json
 import os
 import pickle
@@ -22,9 +23,11 @@ from PIL import Image
 from sklearn.exceptions import NotFittedError
 
 from sklearn_sela import SelfLabelClusterer
-from sklearn_sela import cli, image_files
+from sklearn_sela import cli, data
 from sklearn_sela.cli import build_parser, main
-from sklearn_sela.image_files import ImageFiles, check_image_files, find_image_files
+from sklearn_sela.cli import fit as cli_fit
+from sklearn_sela.cli.options import EXCLUDED, format_value, given_params
+from sklearn_sela.data import ImageFiles, check_image_files, find_image_files
 from sklearn_sela.persistence import ModelFileError, load_model, model_params, save_model
 from sklearn_sela.plotting import cluster_montage, plot_cluster_montage, plot_label_nmi
 
@@ -64,8 +67,8 @@ def fitted(folder, tmp_path_factory):
     """One `sela fit` run on the folder, shared by the tests that read it."""
     out = tmp_path_factory.mktemp("run")
     status = main([
-        "fit", str(folder), "--clusters", "3", "4", "--epochs", "2",
-        "--batch-size", "16", "--seed", "0", "--out", str(out), "--features",
+        "fit", str(folder), "--n-clusters", "3,4", "--max-epochs", "2",
+        "--batch-size", "16", "--random-state", "0", "--out", str(out), "--features",
         "--score-folders", "-q",
     ])
     assert status == 0
@@ -136,10 +139,10 @@ def test_common_mode_is_grey_only_when_every_file_is():
 
 
 def test_image_folder_names_still_importable_from_cli():
-    # They moved to sklearn_sela.image_files; sklearn_sela.cli re-exports them.
-    assert cli.ImageFiles is image_files.ImageFiles
+    # They moved to sklearn_sela.data; sklearn_sela.cli re-exports them.
+    assert cli.ImageFiles is data.ImageFiles
     for name in ("find_image_files", "check_image_files", "IMAGE_EXTENSIONS"):
-        assert getattr(cli, name) is getattr(image_files, name)
+        assert getattr(cli, name) is getattr(data, name)
         assert name in cli.__all__
 
 
@@ -207,7 +210,7 @@ def test_fit_summary(fitted):
 
 
 def test_fit_reports_skipped_files_on_stderr(folder, tmp_path, capsys):
-    status, out, err = _run(capsys, "fit", str(folder), "--clusters", "3", "--epochs", "1",
+    status, out, err = _run(capsys, "fit", str(folder), "--n-clusters", "3", "--max-epochs", "1",
                             "--batch-size", "16", "--out", str(tmp_path))
     assert status == 0
     assert "skipped 2 unreadable image file(s)" in err
@@ -219,8 +222,8 @@ def test_fit_reports_skipped_files_on_stderr(folder, tmp_path, capsys):
 def test_fit_arrays(tmp_path, capsys):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "tab.npy", rng.normal(size=(40, 5)).astype(np.float32))
-    status, _, _ = _run(capsys, "fit", str(tmp_path / "tab.npy"), "-k", "4", "--epochs", "1",
-                        "--out", str(tmp_path / "a"), "-q")
+    status, _, _ = _run(capsys, "fit", str(tmp_path / "tab.npy"), "--n-clusters", "4",
+                        "--max-epochs", "1", "--out", str(tmp_path / "a"), "-q")
     assert status == 0
     with open(tmp_path / "a" / "labels.csv") as fh:
         rows = list(csv.reader(fh))
@@ -238,8 +241,8 @@ def test_fit_arrays(tmp_path, capsys):
 
     images = rng.integers(0, 255, size=(30, 10, 10), dtype=np.uint8)
     np.savez(tmp_path / "imgs.npz", X=images, y=np.arange(30))
-    status, _, _ = _run(capsys, "fit", str(tmp_path / "imgs.npz"), "-k", "3", "--epochs", "1",
-                        "--out", str(tmp_path / "b"), "-q")
+    status, _, _ = _run(capsys, "fit", str(tmp_path / "imgs.npz"), "--n-clusters", "3",
+                        "--max-epochs", "1", "--out", str(tmp_path / "b"), "-q")
     assert status == 0  # picked the array named X
     montages = [n for n in os.listdir(tmp_path / "b") if n.startswith("montage")]
     assert montages == ["montage.png"]
@@ -254,8 +257,9 @@ def test_fit_head_options(tmp_path, capsys):
         "default": [],
     }
     for name, options in runs.items():
-        status, _, err = _run(capsys, "fit", str(tmp_path / "x.npy"), "-k", "3", "-t", "2",
-                              "--epochs", "1", "--out", str(tmp_path / name), "-q", *options)
+        status, _, err = _run(capsys, "fit", str(tmp_path / "x.npy"), "--n-clusters", "3",
+                              "--n-heads", "2", "--max-epochs", "1",
+                              "--out", str(tmp_path / name), "-q", *options)
         assert status == 0, err
     params = {name: json.loads((tmp_path / name / "summary.json").read_text())["parameters"]
               for name in runs}
@@ -275,10 +279,11 @@ def test_fit_head_options(tmp_path, capsys):
 def test_fit_single_image_folder_with_image_size(tmp_path, capsys):
     for i, size in enumerate([(12, 12), (16, 10), (12, 12), (20, 20)]):
         _png(str(tmp_path / "mixed" / f"{i}.jpg"), i, size=size, mode="RGB")
-    _assert_user_error(capsys, ["fit", str(tmp_path / "mixed"), "-k", "2", "--epochs", "1"],
-                       "different sizes")
-    status, _, err = _run(capsys, "fit", str(tmp_path / "mixed"), "-k", "2", "--epochs", "1",
-                          "--image-size", "8x10", "--out", str(tmp_path / "o"), "-q")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "mixed"), "--n-clusters", "2",
+                                "--max-epochs", "1"], "different sizes")
+    status, _, err = _run(capsys, "fit", str(tmp_path / "mixed"), "--n-clusters", "2",
+                          "--max-epochs", "1", "--image-size", "8,10",
+                          "--out", str(tmp_path / "o"), "-q")
     assert status == 0, err
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["input"]["sample_shape"] == [3, 8, 10]
@@ -286,17 +291,17 @@ def test_fit_single_image_folder_with_image_size(tmp_path, capsys):
 
 def test_checkpoint_and_resume(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 4)))
-    base = ["fit", str(tmp_path / "x.npy"), "-k", "3", "--seed", "0", "-q",
+    base = ["fit", str(tmp_path / "x.npy"), "--n-clusters", "3", "--random-state", "0", "-q",
             "--out", str(tmp_path / "o")]
-    _assert_user_error(capsys, base + ["--epochs", "2", "--resume"], "no checkpoint")
-    assert main(base + ["--epochs", "2", "--checkpoint"]) == 0
+    _assert_user_error(capsys, base + ["--max-epochs", "2", "--resume"], "no checkpoint")
+    assert main(base + ["--max-epochs", "2", "--checkpoint"]) == 0
     assert os.path.exists(tmp_path / "o" / "checkpoint" / "checkpoint.pt")
-    _assert_user_error(capsys, base + ["--epochs", "2", "--checkpoint"], "--resume")
+    _assert_user_error(capsys, base + ["--max-epochs", "2", "--checkpoint"], "--resume")
     # Another run's settings are refused, naming them (the schedule depends
     # on the number of epochs).
-    _assert_user_error(capsys, base + ["--epochs", "3", "--resume"],
+    _assert_user_error(capsys, base + ["--max-epochs", "3", "--resume"],
                        "max_epochs=2 there, 3 here")
-    assert main(base + ["--epochs", "2", "--resume"]) == 0
+    assert main(base + ["--max-epochs", "2", "--resume"]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["n_epochs"] == 2
 
@@ -385,7 +390,7 @@ def test_predict_user_errors(fitted, folder, tmp_path, capsys):
 
 def test_tabular_model_rejects_images(folder, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(30, 4)))
-    assert main(["fit", str(tmp_path / "x.npy"), "-k", "2", "--epochs", "1", "-q",
+    assert main(["fit", str(tmp_path / "x.npy"), "--n-clusters", "2", "--max-epochs", "1", "-q",
                  "--out", str(tmp_path)]) == 0
     _assert_user_error(capsys, ["predict", str(tmp_path / "model.pt"), str(folder)],
                        "tabular data")
@@ -408,8 +413,16 @@ def test_user_errors_exit_1(tmp_path, capsys):
     _assert_user_error(capsys, ["fit", str(tmp_path / "two.npz")], "--key")
     _assert_user_error(capsys, ["fit", str(tmp_path / "two.npz"), "--key", "c"], "no array")
     np.save(tmp_path / "few.npy", np.zeros((5, 2)))
-    _assert_user_error(capsys, ["fit", str(tmp_path / "few.npy"), "-k", "10", "--epochs", "1",
-                                "--out", str(tmp_path / "o")], "n_clusters=10")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "few.npy"), "--n-clusters", "10",
+                                "--max-epochs", "1", "--out", str(tmp_path / "o")],
+                       "n_clusters=10")
+    # What the estimator checks only when it fits names the option too.
+    _assert_user_error(capsys, ["fit", str(tmp_path / "few.npy"), "--n-clusters", "2",
+                                "--projection", "512,0", "--out", str(tmp_path / "o")],
+                       "--projection: projection must be None or a non-empty sequence")
+    _assert_user_error(capsys, ["fit", str(tmp_path / "few.npy"), "--n-clusters", "2",
+                                "--backbone", "toaster", "--out", str(tmp_path / "o")],
+                       "Unknown backbone 'toaster'")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     _assert_user_error(capsys, ["fit", str(tmp_path / "obj.npy")], "cannot read array")
     if not torch.cuda.is_available():
@@ -423,23 +436,40 @@ def test_user_errors_exit_1(tmp_path, capsys):
     [],
     ["bogus"],
     ["fit"],
-    ["fit", "x", "--clusters", "0"],
-    ["fit", "x", "--epochs", "many"],
+    ["fit", "x", "--n-clusters", "0"],
+    ["fit", "x", "--n-clusters", "3,0"],
+    ["fit", "x", "--n-clusters", "3.5"],
+    ["fit", "x", "--max-epochs", "many"],
     ["fit", "x", "--image-size", "3x"],
+    ["fit", "x", "--image-size", "8,0"],
     ["fit", "x", "--batch-size", "1"],
-    ["fit", "x", "--projection", "512,0"],
     ["fit", "x", "--projection", "wide"],
     ["fit", "x", "--temperature", "0"],
     ["fit", "x", "--lam", "sharp"],
     ["fit", "x", "--label-neighbors", "0"],
+    ["fit", "x", "--lr-drops", "half"],
+    ["fit", "x", "--augment", "strong"],
+    ["fit", "x", "--random-state", "lucky"],
+    # Parameters that have no option.
+    ["fit", "x", "--callbacks", "none"],
+    ["fit", "x", "--verbose", "1"],
     # Options of the former design are gone, not silently accepted.
+    ["fit", "x", "-k", "3"],
+    ["fit", "x", "--clusters", "3"],
+    ["fit", "x", "--heads", "2"],
+    ["fit", "x", "--epochs", "2"],
+    ["fit", "x", "--label-updates", "2"],
+    ["fit", "x", "--no-augment"],
+    ["fit", "x", "--seed", "0"],
+    ["fit", "x", "--workers", "2"],
+    ["demo", "--heads", "2"],
     ["fit", "x", "--labels-from", "features"],
     ["fit", "x", "--no-whiten"],
     ["fit", "x", "--checkpoint-every", "2"],
     ["transform", "model.pt", "x", "--no-whiten"],
     ["fit", "x", "--no-such-option"],
     ["predict", "model.pt"],
-    ["demo", "--heads", "0"],
+    ["demo", "--n-heads", "0"],
 ])
 def test_usage_errors_exit_2(argv, capsys):
     status, _, err = _run(capsys, *argv)
@@ -455,17 +485,17 @@ def test_interrupt_and_internal_error(monkeypatch, tmp_path, capsys):
         raise KeyboardInterrupt
 
     # Before the first checkpoint there is nothing to resume from.
-    monkeypatch.setattr(cli, "cmd_fit", lambda args: interrupted(args, saved=False))
+    monkeypatch.setattr(cli_fit, "cmd_fit", lambda args: interrupted(args, saved=False))
     status, _, err = _run(capsys, "fit", "x", "--checkpoint")
     assert status == 130 and err.strip() == "sela: interrupted; no results were written"
-    monkeypatch.setattr(cli, "cmd_fit", lambda args: interrupted(args, saved=True))
+    monkeypatch.setattr(cli_fit, "cmd_fit", lambda args: interrupted(args, saved=True))
     status, _, err = _run(capsys, "fit", "x", "--checkpoint")
     assert status == 130 and f"the checkpoint in {tmp_path}" in err and "--resume" in err
 
     def broken(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_fit", broken)
+    monkeypatch.setattr(cli_fit, "cmd_fit", broken)
     status, _, err = _run(capsys, "fit", "x")
     assert status == 1
     assert "Traceback" in err and "internal error" in err
@@ -474,6 +504,118 @@ def test_interrupt_and_internal_error(monkeypatch, tmp_path, capsys):
 def test_debug_shows_traceback(capsys):
     status, _, err = _run(capsys, "fit", "/no/such/folder", "--debug")
     assert status == 1 and "Traceback" in err and "sela: error:" in err
+
+
+# -- options derived from the estimator ------------------------------------------------------
+
+
+def _add_parameter(monkeypatch, name, default, constraints, doc):
+    """Add a parameter to SelfLabelClusterer as its authors would -- in the
+    signature of __init__, the constraints and the docstring -- and nowhere
+    else."""
+    init = SelfLabelClusterer.__init__
+    signature = inspect.signature(init)
+
+    def __init__(self, *args, **kwargs):
+        value = kwargs.pop(name, default)
+        init(self, *args, **kwargs)
+        setattr(self, name, value)
+
+    new = inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+    __init__.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), new])
+    monkeypatch.setattr(SelfLabelClusterer, "__init__", __init__)
+    monkeypatch.setattr(SelfLabelClusterer, "_parameter_constraints",
+                        {**SelfLabelClusterer._parameter_constraints, name: constraints})
+    heading = "    Attributes\n    ----------\n"
+    entry = f"    {name} : float, default={default}\n        {doc}\n\n"
+    monkeypatch.setattr(SelfLabelClusterer, "__doc__",
+                        SelfLabelClusterer.__doc__.replace(heading, entry + heading))
+
+
+def test_a_new_estimator_parameter_gets_an_option_without_a_cli_edit(monkeypatch, capsys):
+    from numbers import Real
+
+    from sklearn.utils._param_validation import Interval
+
+    _add_parameter(monkeypatch, "knob_strength", 0.25, [Interval(Real, 0, None, closed="left")],
+                   "How hard the ``knob`` turns (see :meth:`fit`). A second\n"
+                   "        sentence, e.g. this one, is not shown.")
+    assert "knob_strength" in SelfLabelClusterer().get_params()
+    assert main(["fit", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--knob-strength FLOAT How hard the knob turns (see fit). (default: 0.25)" in text
+    assert "second sentence" not in text
+    # Parsed, checked by the estimator's constraints, passed on.
+    args = build_parser().parse_args(["fit", "x", "--knob-strength", "2"])
+    assert given_params(args) == {"knob_strength": 2.0}
+    assert SelfLabelClusterer(**given_params(args)).get_params()["knob_strength"] == 2.0
+    status, _, err = _run(capsys, "fit", "x", "--knob-strength", "-1")
+    assert status == 2 and "argument --knob-strength: The 'knob_strength' parameter" in err
+
+
+def test_every_estimator_parameter_has_an_option_with_its_default():
+    parameters = SelfLabelClusterer().get_params()
+    assert set(EXCLUDED) < set(parameters)  # the list names real parameters
+    _, subs = _subparsers()
+    actions = {a.dest: a for a in subs["fit"]._actions}
+    derived = build_parser().parse_args(["fit", "x"]).estimator_params
+    assert set(derived) == set(parameters) - set(EXCLUDED)
+    for name in derived:
+        action = actions[name]
+        assert action.option_strings == ["--" + name.replace("_", "-")]
+        assert action.help.endswith(f"(default: {format_value(parameters[name])})"), name
+        assert not action.help.startswith(name.replace("_", " ")), name  # from the docstring
+    for name in ("callbacks", "verbose"):
+        assert name not in actions
+
+
+def test_options_not_given_leave_the_estimator_defaults():
+    parser = build_parser()
+    assert given_params(parser.parse_args(["fit", "x"])) == {}
+    # The demo's own default: a fixed seed.
+    assert given_params(parser.parse_args(["demo"])) == {"random_state": 0}
+    assert given_params(parser.parse_args(["predict", "m.pt", "x"])) == {
+        "device": "auto", "num_workers": 0}
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--n-heads", "0", "The 'n_heads' parameter of SelfLabelClusterer must be an int in the "
+                       "range [1, inf). Got 0 instead."),
+    ("--lr", "-1", "The 'lr' parameter of SelfLabelClusterer must be a float"),
+    ("--n-clusters", "10,0", "The 'n_clusters' parameter"),
+    ("--max-epochs", "many", "expected an integer or 'auto', got 'many'"),
+    ("--lr-drops", "a,b", "expected comma-separated numbers, got 'a,b'"),
+    ("--projection", "wide", "expected comma-separated integers or 'none', got 'wide'"),
+])
+def test_a_bad_value_is_one_line_naming_the_option(option, value, says, capsys):
+    status, _, err = _run(capsys, "fit", "data.npy", option, value)
+    assert status == 2
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1, err
+    assert errors[0].startswith(f"sela fit: error: argument {option}: "), errors[0]
+    assert says in errors[0]
+
+
+def test_option_values_reach_the_estimator_with_their_types():
+    argv = ["fit", "x", "--n-clusters", "3,4", "--lr-drops", "0.5,0.8", "--image-size", "8,10",
+            "--projection", "none", "--lr", "1", "--max-epochs", "auto", "--augment", "none",
+            "--random-state", "7", "--backbone", "convnet", "--lam", "3", "--temperature", "0.2",
+            "--weight-decay", "0"]
+    params = SelfLabelClusterer(**given_params(build_parser().parse_args(argv))).get_params()
+    expected = {"n_clusters": [3, 4], "lr_drops": (0.5, 0.8), "image_size": (8, 10),
+                "projection": None, "lr": 1.0, "max_epochs": "auto", "augment": None,
+                "random_state": 7, "backbone": "convnet", "lam": 3.0, "temperature": 0.2,
+                "weight_decay": 0.0}
+    for name, value in expected.items():
+        assert params[name] == value and type(params[name]) is type(value), name
+    assert all(type(v) is float for v in params["lr_drops"])
+    assert all(type(v) is int for v in params["image_size"] + tuple(params["n_clusters"]))
+    # One value where a number or a sequence is allowed.
+    argv = ["fit", "x", "--n-clusters", "5", "--image-size", "64", "--lr-drops", "0.5",
+            "--projection", "16"]
+    assert given_params(build_parser().parse_args(argv)) == {
+        "n_clusters": 5, "image_size": 64, "lr_drops": (0.5,), "projection": (16,)}
 
 
 # -- help ------------------------------------------------------------------------------------
@@ -552,7 +694,7 @@ def test_commands_without_matplotlib_skip_only_the_figures(folder, tmp_path, cap
     assert any(line.startswith("SeLa") for line in out.splitlines())
     assert not (tmp_path / "demo").exists()  # nothing to write
 
-    status, out, err = _run(capsys, "fit", str(folder), "--clusters", "3", "--epochs", "2",
+    status, out, err = _run(capsys, "fit", str(folder), "--n-clusters", "3", "--max-epochs", "2",
                             "--batch-size", "16", "--out", str(tmp_path / "fit"))
     assert status == 0, err
     assert out.count("figures skipped: matplotlib is not installed") == 1

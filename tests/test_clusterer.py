@@ -166,18 +166,26 @@ def test_label_step_reads_the_data_once_with_the_same_labels(digits, monkeypatch
         assert torch.equal(a, b)
 
 
-def test_shared_label_pass_leaves_the_whole_fit_unchanged(digits, monkeypatch):
-    # Also the random stream: the step draws what the features' own pass drew.
+def test_shared_label_pass_gives_the_labels_of_a_separate_feature_pass(digits, monkeypatch):
+    # The label step takes the neighbourhoods' features from its own pass
+    # over the data; a separate pass over the features gives the same labels.
+    from sklearn_sela.data import AugmentedDataset, as_dataset
     from sklearn_sela.training import SelfLabelNet
 
     X, _ = digits
-    params = dict(n_clusters=6, n_heads=2, label_neighbors=5, max_epochs=4,
-                  batch_size=64, random_state=0)
-    shared = SelfLabelClusterer(**params).fit(X)
+    net = SelfLabelClusterer(
+        n_clusters=6, n_heads=2, label_neighbors=5, max_epochs=4, batch_size=64,
+        random_state=0,
+    ).fit(X).net_
+    base = AugmentedDataset(as_dataset(X)[0], None)
+    labels, log_betas = net.labels_.clone(), list(net.log_betas_)
+    net.update_labels(base)
+    shared = net.labels_.clone()
+    net.labels_, net.log_betas_ = labels.clone(), list(log_betas)
     monkeypatch.setattr(SelfLabelNet, "label_pass_features", lambda *a: None)
-    separate = SelfLabelClusterer(**params).fit(X)
-    np.testing.assert_array_equal(shared.labels_all_, separate.labels_all_)
-    np.testing.assert_array_equal(shared.labels_, separate.labels_)
+    net.update_labels(base)
+    torch.testing.assert_close(net.labels_, shared, rtol=0, atol=0)
+    assert not torch.equal(shared, labels)  # the step did change labels
 
 
 def test_label_step_over_augmented_views_finds_neighbours_on_plain_samples(digits):
@@ -394,17 +402,16 @@ def test_pickle_from_cuda_loads_on_cpu_only_machine(digits, monkeypatch):
     expected = est.predict(X)
     # As if fitted with device="cuda": the storages that training moves to
     # the device (the network's weights and buffers, the optimizer's state)
-    # are pickled with the tag "cuda:0", which torch refuses to load where
-    # CUDA is missing unless given a map_location. skorch maps the attributes
-    # it knows to the CPU and falls back to device "cpu"; a copy of those
-    # storages under any other attribute fails the load.
+    # would be pickled with the tag "cuda:0", which torch refuses to load
+    # where CUDA is missing. The estimator pickles CPU copies of the weights
+    # only, and the network it rebuilds falls back to the CPU.
     net = est.net_
     moved = [*net.module_.parameters(), *net.module_.buffers()] + [
         v for s in net.optimizer_.state.values() for v in s.values() if torch.is_tensor(v)
     ]
     on_device = {t.untyped_storage().data_ptr() for t in moved}
     tag = torch.serialization.location_tag
-    net.device = "cuda"
+    est.set_params(device="cuda")
     with monkeypatch.context() as patch:
         patch.setattr(torch.serialization, "location_tag",
                       lambda s: "cuda:0" if s.data_ptr() in on_device else tag(s))

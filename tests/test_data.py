@@ -233,6 +233,10 @@ def test_expected_feature_mismatch_message():
     expected = InputInfo("tabular", (64,), 100)
     msg = "X has 5 features, but SelfLabelClusterer is expecting 64 features as input."
     with pytest.raises(ValueError, match=msg):
+        as_dataset(np.zeros((3, 5)), expected=expected, estimator_name="SelfLabelClusterer")
+    # Without a name, the message speaks of the estimator.
+    msg = "X has 5 features, but the estimator is expecting 64 features as input."
+    with pytest.raises(ValueError, match=msg):
         as_dataset(np.zeros((3, 5)), expected=expected)
     _, info = as_dataset(np.zeros((3, 64)), expected=expected)
     assert info.n_samples == 3
@@ -241,7 +245,7 @@ def test_expected_feature_mismatch_message():
 def test_expected_image_mismatches():
     expected = InputInfo("image", (3, 32, 32), 10)
     with pytest.raises(ValueError, match="X has 1 channels, but SelfLabelClusterer is expecting 3"):
-        as_dataset(np.zeros((2, 32, 32)), expected=expected)
+        as_dataset(np.zeros((2, 32, 32)), expected=expected, estimator_name="SelfLabelClusterer")
     with pytest.raises(ValueError, match="size 28x28.*expecting images of size 32x32"):
         as_dataset(np.zeros((2, 28, 28, 3)), expected=expected)
     with pytest.raises(ValueError, match="expecting images of shape \\(3, 32, 32\\)"):
@@ -325,7 +329,8 @@ def test_image_folder_expected_resizes_and_checks_channels(tmp_path):
     assert info == InputInfo("image", (3, 8, 8), 2)
     assert ds[0].shape == ds[1].shape == (3, 8, 8)
     with pytest.raises(ValueError, match="X has 3 channels, but SelfLabelClusterer is expecting 1"):
-        as_dataset(folder, expected=InputInfo("image", (1, 8, 8), 100))
+        as_dataset(folder, expected=InputInfo("image", (1, 8, 8), 100),
+                   estimator_name="SelfLabelClusterer")
 
 
 def test_grayscale_png_dataset(tmp_path):

@@ -8,27 +8,26 @@ and write their results to files that the tests below inspect.
 import datetime
 import os
 import pickle
-import socket
-import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 import sklearn_sela.distributed as sela_dist
+import sklearn_sela.sinkhorn._rounding as sela_rounding
+import sklearn_sela.training as sela_training
 from sklearn_sela import SelfLabelClusterer, balanced_sizes, sinkhorn_knopp
 from sklearn_sela.distributed import (
     DistributedFit,
     ShardedRandomSampler,
     get_process_group,
     is_main_process,
-    shard_bounds,
 )
+from sklearn_sela.collectives import shard_bounds
 
 WORLD = 2
 N, K = 1001, 12  # odd N: shards of 500 and 501 rows
@@ -87,13 +86,13 @@ def _worker(rank, port, outdir):
         shard = np.ascontiguousarray(full[lo:hi])
         group = get_process_group()
         for name, kw in SOLVES.items():
-            limit = sela_dist._GATHER_LIMIT
+            limit = sela_rounding._GATHER_LIMIT
             if name.endswith("_search"):
-                sela_dist._GATHER_LIMIT = 0
+                sela_rounding._GATHER_LIMIT = 0
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 res = sinkhorn_knopp(shard, process_group=group, **kw)
-            sela_dist._GATHER_LIMIT = limit
+            sela_rounding._GATHER_LIMIT = limit
             out[name] = dict(
                 labels=res.labels, log_beta=res.log_beta, n_iter=res.n_iter,
                 log_alpha=res.log_alpha,
@@ -121,17 +120,17 @@ def _worker(rank, port, outdir):
         net = est.net_
         net.label_neighbors = 7
         averaged = []
-        real_average = sela_dist.average_over_neighbors
+        real_average = sela_training.average_over_neighbors
 
         def counting(*args, **kwargs):
             averaged.append(1)
             return real_average(*args, **kwargs)
 
-        sela_dist.average_over_neighbors = counting
+        sela_training.average_over_neighbors = counting
         try:
             net.update_labels(_plain_dataset(X))
         finally:
-            sela_dist.average_over_neighbors = real_average
+            sela_training.average_over_neighbors = real_average
         out["neighbour_update"] = net.labels_.clone()
         out["neighbour_averages"] = len(averaged)
         torch.save(out, os.path.join(outdir, f"rank{rank}.pt"))
@@ -139,45 +138,11 @@ def _worker(rank, port, outdir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, outdir):
-    """Run ``fn(rank, port, outdir)`` on WORLD spawned processes; raise on failure."""
-    ctx = mp.start_processes(
-        fn, args=(_free_port(), outdir), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"distributed workers did not finish in {TIMEOUT}s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-
-
-def _spawn_with_retry(fn, outdir):
-    # The free port is released before the workers bind it, so another process
-    # may take it in between: one retry on a new port.
-    try:
-        _spawn(fn, outdir)
-    except Exception as first:  # noqa: BLE001
-        try:
-            _spawn(fn, outdir)
-        except Exception as second:  # noqa: BLE001
-            pytest.fail(f"distributed workers failed twice:\n{first}\n---\n{second}")
-
-
 @pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
+def ranks(tmp_path_factory, spawn_ranks):
     outdir = str(tmp_path_factory.mktemp("dist"))
     np.save(os.path.join(outdir, "scores.npy"), _scores())
-    _spawn_with_retry(_worker, outdir)
+    spawn_ranks(_worker, outdir, WORLD, TIMEOUT)
     results = [
         torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
         for r in range(WORLD)
@@ -302,10 +267,10 @@ def _cuda_worker(rank, port, outdir):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_distributed_fit_on_cuda(tmp_path):
+def test_distributed_fit_on_cuda(tmp_path, spawn_ranks):
     # Two ranks on the GPU(s) at hand (both on cuda:0 with one GPU; gloo
     # carries CUDA tensors): DDP on CUDA, labels on every rank.
-    _spawn_with_retry(_cuda_worker, str(tmp_path))
+    spawn_ranks(_cuda_worker, str(tmp_path), WORLD, TIMEOUT)
     outs = [torch.load(tmp_path / f"cuda{r}.pt", weights_only=False) for r in range(WORLD)]
     np.testing.assert_array_equal(outs[0]["labels"], outs[1]["labels"])
     assert all(o["device"].startswith("cuda") for o in outs)

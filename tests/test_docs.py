@@ -34,16 +34,24 @@ API_MODULES = [
     "sklearn_sela.partition",
     "sklearn_sela.assigner",
     "sklearn_sela.spectral",
+    "sklearn_sela.neighbors",
     "sklearn_sela.training",
+    "sklearn_sela.callbacks",
     "sklearn_sela.data",
+    "sklearn_sela.data.base",
+    "sklearn_sela.data.inputs",
+    "sklearn_sela.data.streaming",
+    "sklearn_sela.data.augment",
+    "sklearn_sela.data.presets",
+    "sklearn_sela.data.image_files",
     "sklearn_sela.backbones",
     "sklearn_sela.metrics",
     "sklearn_sela.plotting",
     "sklearn_sela.persistence",
-    "sklearn_sela.image_files",
     "sklearn_sela.cli",
     "sklearn_sela.datasets",
     "sklearn_sela.distributed",
+    "sklearn_sela.collectives",
 ]
 
 
@@ -103,10 +111,17 @@ def test_sphinx_build_has_no_warnings(tmp_path):
         assert "Zeta selftest results" in bench and "0.125" in bench
     else:
         assert "benchmarks_zzz_selftest.md" in bench  # shown as plain text
-    for fragment in DOCS.glob("benchmarks_*.md"):
-        first = next((ln for ln in fragment.read_text().splitlines() if ln.strip()), "")
+    for fragment in sorted(src.glob("benchmarks_*.md")):
+        text = fragment.read_text()
+        first = next((ln for ln in text.splitlines() if ln.strip()), "")
         if first.startswith("#") and _have("myst_parser"):
             assert first.lstrip("#").strip().split()[0] in bench, fragment.name
+        # Labels for :ref: links (docs/conf.py, BenchmarkFragments): one per
+        # fragment, and its MyST targets "(label)=".
+        name = fragment.stem[len("benchmarks_"):]
+        for label in [f"benchmarks-{name}"] + re.findall(r"^\((\S+)\)=$", text, re.M):
+            anchor = re.sub(r"[^a-z0-9]+", "-", label.lower())
+            assert f'id="{anchor}"' in bench, (fragment.name, label)
 
 
 def _have(module):

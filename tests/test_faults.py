@@ -5,7 +5,7 @@
   only meets the cluster sizes through ``-inf`` scores (checked against the
   plan rebuilt in float64 from the returned scalings, also across two
   ranks of a gloo process group);
-* :func:`~sklearn_sela.image_files.find_image_files` raises for a folder
+* :func:`~sklearn_sela.data.find_image_files` raises for a folder
   that does not exist or is not a folder, instead of returning ``[]``;
 * an unreadable sample of a dataset (a truncated PNG file read through
   torchvision's ``ImageFolder`` or sklearn_sela's ``ImageFiles``) raises an
@@ -19,7 +19,6 @@ import errno
 import os
 import pickle
 import re
-import socket
 import time
 import warnings
 
@@ -29,8 +28,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 
 from sklearn_sela import SelfLabelClusterer, sinkhorn_knopp
-from sklearn_sela.data import AugmentedDataset, as_dataset
-from sklearn_sela.image_files import ImageFiles, find_image_files
+from sklearn_sela.data import AugmentedDataset, ImageFiles, as_dataset, find_image_files
 
 # ---------------------------------------------------------------------------
 # Sinkhorn: -inf columns and honest convergence
@@ -176,7 +174,7 @@ def test_minus_inf_pattern_kept_on_any_device(monkeypatch):
     # In place, float32/float64 scores are overwritten: their -inf pattern is
     # packed to bits (numpy on CPU, torch elsewhere). The torch packing, run
     # here on CPU, gives the same answers.
-    import sklearn_sela.sinkhorn as sk
+    import sklearn_sela.sinkhorn._kernel as sk
 
     rng = np.random.default_rng(6)
     for k in (1, 8, 13):
@@ -250,37 +248,10 @@ def _dist_worker(rank, port, outdir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(outdir):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(
-        _dist_worker, args=(_free_port(), outdir), nprocs=WORLD, join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + _DIST_TIMEOUT
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers did not finish in {_DIST_TIMEOUT}s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.terminate()
-
-
-def test_minus_inf_checks_across_ranks(tmp_path):
+def test_minus_inf_checks_across_ranks(tmp_path, spawn_ranks):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
-    try:
-        _spawn(str(tmp_path))
-    except Exception:  # noqa: BLE001 - the port may be taken in between
-        _spawn(str(tmp_path))
+    spawn_ranks(_dist_worker, str(tmp_path), WORLD, _DIST_TIMEOUT)
     ranks = []
     for r in range(WORLD):
         with open(tmp_path / f"rank{r}.pkl", "rb") as f:
@@ -510,7 +481,6 @@ def test_sigint_stops_sela_fit_with_status_130_and_no_results(tmp_path):
     import shutil
     import signal
     import subprocess
-    import sys
 
     exe = shutil.which("sela")
     if exe is None:
@@ -521,9 +491,9 @@ def test_sigint_stops_sela_fit_with_status_130_and_no_results(tmp_path):
     out.mkdir()
     (out / "labels.csv").write_text("a user's own file\n")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [exe, "fit", str(tmp_path / "X.npy"), "--clusters", "3", "--heads", "1",
-           "--epochs", "40", "--seed", "0", "--checkpoint", "--out", str(out), "--quiet",
-           "--overwrite"]
+    cmd = [exe, "fit", str(tmp_path / "X.npy"), "--n-clusters", "3", "--n-heads", "1",
+           "--max-epochs", "40", "--random-state", "0", "--checkpoint", "--out", str(out),
+           "--quiet", "--overwrite"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
     ckpt = out / "checkpoint" / "checkpoint.pt"
     deadline = time.monotonic() + 120
@@ -622,7 +592,8 @@ def _images(folder, n=24):
 def _fit(*argv):
     from sklearn_sela.cli import main
 
-    return main(["fit", *argv, "-k", "2", "-t", "1", "--epochs", "2", "--seed", "0", "-q"])
+    return main(["fit", *argv, "--n-clusters", "2", "--n-heads", "1", "--max-epochs", "2",
+                 "--random-state", "0", "-q"])
 
 
 def test_outputs_are_not_read_back_as_input_and_replace_the_previous_set(tmp_path,
@@ -683,7 +654,7 @@ def test_unwritable_output_folder_is_refused_before_training(tmp_path, capsys, m
 
 
 def test_a_failed_run_leaves_the_previous_results(tmp_path, monkeypatch):
-    import sklearn_sela.cli as cli
+    import sklearn_sela.cli.fit as cli_fit
 
     _images(tmp_path / "img")
     out = tmp_path / "out"
@@ -693,7 +664,7 @@ def test_a_failed_run_leaves_the_previous_results(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cli, "_write_labels_csv", broken)
+    monkeypatch.setattr(cli_fit, "write_labels_csv", broken)
     assert _fit(str(tmp_path / "img"), "--out", str(out)) == 1
     assert {p: (out / p).read_bytes() for p in os.listdir(out)} == before
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 from sklearn.exceptions import ConvergenceWarning
 
-import sklearn_sela.sinkhorn as sk
+import sklearn_sela.sinkhorn._kernel as sk
+import sklearn_sela.sinkhorn._sinkhorn as sk_solver
 from sklearn_sela import SinkhornResult, balanced_sizes, sinkhorn_knopp, soft_assignments
 
 CUDA = [
@@ -388,7 +389,7 @@ def _imbalanced(n, k, seed, scale=4.0):
 def test_absorption_keeps_the_kernel_exact():
     logp = _imbalanced(240, 6, seed=0)
     res64 = sinkhorn_knopp(logp, lam=100.0, tol=1e-5, max_iter=20000)
-    assert res64.converged and np.ptp(res64.log_beta) > 3 * sk._ABSORB
+    assert res64.converged and np.ptp(res64.log_beta) > 3 * sk_solver._ABSORB
     for inplace in (False, True):
         buf = logp.astype(np.float32)
         res = sinkhorn_knopp(buf, lam=100.0, tol=1e-5, max_iter=20000, inplace=inplace)
@@ -429,7 +430,7 @@ def test_relaxation_gain_is_kl_for_plain_step():
     kl = float((t * d - t + c).sum())
     # omega = 1 is the exact maximiser along the step: any other is worse.
     for omega in (0.5, 1.5, 1.9, 2.5):
-        plain, relaxed = sk._relaxation_gains(t, c, d, omega)
+        plain, relaxed = sk_solver._relaxation_gains(t, c, d, omega)
         assert plain == pytest.approx(kl)
         assert relaxed < kl
 
@@ -437,7 +438,7 @@ def test_relaxation_gain_is_kl_for_plain_step():
 def test_over_relaxation_same_fixed_point_fewer_iterations(monkeypatch):
     logp = _imbalanced(300, 8, seed=3, scale=2.0)
     fast = sinkhorn_knopp(logp, lam=25.0, tol=1e-6, max_iter=20000)
-    monkeypatch.setattr(sk, "_MAX_OMEGA", 1.0)
+    monkeypatch.setattr(sk_solver, "_MAX_OMEGA", 1.0)
     plain = sinkhorn_knopp(logp, lam=25.0, tol=1e-6, max_iter=20000)
     assert fast.converged and plain.converged
     assert fast.n_iter < 0.8 * plain.n_iter
@@ -479,7 +480,7 @@ def test_warm_start_after_perturbation(kind, noise, ratio):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_compiled_pass_equals_the_two_products(dtype, n_threads):
-    from sklearn_sela import _fused_pass
+    from sklearn_sela.sinkhorn import _fused_pass
 
     n_threads = min(n_threads, _fused_pass.max_threads())
     rng = np.random.default_rng(0)
@@ -523,11 +524,11 @@ def test_only_large_cpu_kernels_are_compiled(monkeypatch):
     monkeypatch.setattr(sk, "_COMPILED_MIN_ENTRIES", 1000)
     big = torch.zeros(100, 10)
     W = torch.empty_like(big)
-    assert sk._Kernel(big, W, 25.0, None, False, False).compiled
-    assert not sk._Kernel(big[:99], W[:99], 25.0, None, False, False).compiled
+    assert sk.Kernel(big, W, 25.0, None, False, False).compiled
+    assert not sk.Kernel(big[:99], W[:99], 25.0, None, False, False).compiled
     # float16 buffers are streamed from the scores: torch's pass.
     half = big.half()
-    assert not sk._Kernel(half, half, 25.0, None, False, True).compiled
+    assert not sk.Kernel(half, half, 25.0, None, False, True).compiled
 
 
 # ---------------------------------------------------------------------------

@@ -25,9 +25,10 @@ IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm",
 )
-# PIL modes that hold one grey channel (with or without alpha); anything else
-# is read as RGB. sklearn_sela.data counts channels with the same list.
-_PIL_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+#: PIL modes that hold one grey channel (with or without alpha); anything
+#: else is read as RGB. :class:`ImageFiles` picks its mode and
+#: :func:`sklearn_sela.data.as_dataset` counts channels with this list.
+PIL_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 def find_image_files(root, extensions=IMAGE_EXTENSIONS):
@@ -187,7 +188,7 @@ class ImageFiles:
     --------
     >>> import os, tempfile
     >>> from PIL import Image
-    >>> from sklearn_sela.image_files import ImageFiles, find_image_files
+    >>> from sklearn_sela.data import ImageFiles, find_image_files
     >>> root = tempfile.mkdtemp()
     >>> Image.new("RGB", (12, 10)).save(os.path.join(root, "a.png"))
     >>> ds = ImageFiles(find_image_files(root))
@@ -218,7 +219,7 @@ class ImageFiles:
         -------
         mode : {"L", "RGB"}
         """
-        return "L" if all(m in _PIL_GRAY_MODES for m in modes) else "RGB"
+        return "L" if all(m in PIL_GRAY_MODES for m in modes) else "RGB"
 
     def __len__(self):
         return len(self.paths)
