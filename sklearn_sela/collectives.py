@@ -13,7 +13,7 @@ gathered matrix is in the samples' original order.
 import torch
 import torch.distributed as dist
 
-__all__ = ["shard_bounds", "collective_device", "all_reduce", "all_gather_rows"]
+__all__ = ["shard_bounds", "local_shard", "collective_device", "all_reduce", "all_gather_rows"]
 
 
 def shard_bounds(n_samples, world_size, rank):
@@ -25,6 +25,14 @@ def shard_bounds(n_samples, world_size, rank):
     lo = (n_samples * rank) // world_size
     hi = (n_samples * (rank + 1)) // world_size
     return lo, hi
+
+
+def local_shard(n_samples, group):
+    """This rank's range ``[lo, hi)`` of ``n_samples`` in ``group``
+    (:func:`shard_bounds`); ``(0, n_samples)`` when ``group`` is None."""
+    if group is None:
+        return 0, n_samples
+    return shard_bounds(n_samples, dist.get_world_size(group), dist.get_rank(group))
 
 
 def collective_device(group=None):

@@ -8,8 +8,9 @@ script written for one process runs unchanged on several.
 Layout of the work
 ------------------
 * **Samples are sharded by contiguous index ranges**
-  (:func:`~sklearn_sela.collectives.shard_bounds`): rank ``r`` owns samples ``[r * N // P, (r + 1) * N // P)``. Every rank can
-  compute every shard's bounds, so nothing about the partition is exchanged.
+  (:func:`~sklearn_sela.collectives.shard_bounds`): rank ``r`` owns samples
+  ``[r * N // P, (r + 1) * N // P)``. Every rank can compute every shard's
+  bounds, so nothing about the partition is exchanged.
 * **Self-labelling pass**: each rank writes the log-probabilities of its own
   shard into a local ``(N_r, K)`` buffer and calls
   :func:`~sklearn_sela.sinkhorn.sinkhorn_knopp` with ``process_group``; per
@@ -173,11 +174,11 @@ def broadcast_buffers(module, group):
     ----------
     module : torch.nn.Module
         The unwrapped module (see :func:`unwrap_module`).
-    group : ProcessGroup
-        The ranks to synchronise.
+    group : ProcessGroup or None
+        The ranks to synchronise; None (one process) does nothing.
     """
     bufs = [b for b in module.buffers() if b.numel()]
-    if not bufs:
+    if group is None or not bufs:
         return
     dev = collective_device(group)
     for buf in bufs:

@@ -22,14 +22,8 @@ from torch.utils.data import Subset
 from .backbones import MultiHeadNet
 from .data import AugmentedDataset
 from .assigner import SinkhornAssigner, cluster_centers
-from .collectives import all_gather_rows, collective_device, shard_bounds
-from .distributed import (
-    broadcast_buffers,
-    get_process_group,
-    get_rank,
-    get_world_size,
-    unwrap_module,
-)
+from .collectives import all_gather_rows, collective_device, local_shard
+from .distributed import broadcast_buffers, get_process_group, unwrap_module
 from .neighbors import average_over_neighbors, cosine_neighbors, smooth_over_neighbors
 from .spectral import neighbor_spectral_embedding
 from .sinkhorn import sinkhorn_knopp
@@ -237,11 +231,9 @@ class SelfLabelNet(NeuralNet):
         """
         if isinstance(dataset, AugmentedDataset) and not n_views:
             dataset = AugmentedDataset(dataset.base, None)
-        n = len(self.labels_)
-        lo, hi = 0, n
         group = get_process_group()
+        lo, hi = local_shard(len(self.labels_), group)
         if group is not None:
-            lo, hi = shard_bounds(n, get_world_size(group), get_rank(group))
             dataset = Subset(dataset, range(lo, hi))
         dim = unwrap_module(self.module_).feature_dim
         if not n_views:
@@ -252,7 +244,7 @@ class SelfLabelNet(NeuralNet):
                 self.features_into(dataset, view, lo)
                 local += torch.nn.functional.normalize(view, dim=1)
             local /= n_views
-        return local if group is None else all_gather_rows(local, group).cpu()
+        return all_gather_rows(local, group).cpu()
 
     def head_log_probas(self, dataset, shard=None, device="cpu", features_out=None):
         """Yield ``(t, log-probabilities)`` of each head for ``dataset``.
@@ -401,12 +393,9 @@ class SelfLabelNet(NeuralNet):
         dataset = self.get_label_dataset(dataset)
         start = time.perf_counter()
         group = get_process_group()
-        n = len(self.labels_)
-        shard = None
-        if group is not None:
-            shard = shard_bounds(n, get_world_size(group), get_rank(group))
-            broadcast_buffers(unwrap_module(self.module_), group)
-        lo, hi = shard or (0, n)
+        broadcast_buffers(unwrap_module(self.module_), group)
+        lo, hi = local_shard(len(self.labels_), group)
+        shard = None if group is None else (lo, hi)
         dev = collective_device(group)
         local = torch.empty((hi - lo, len(self.n_clusters)), dtype=torch.int64, device=dev)
         feats = self.label_pass_features(dataset, hi - lo)
@@ -470,11 +459,9 @@ class SelfLabelNet(NeuralNet):
         augmented = dataset
         dataset = self.get_label_dataset(dataset)
         module = unwrap_module(self.module_)
-        group = get_process_group()
-        if group is not None:
-            # Every rank then computes the same features, partition and
-            # prototypes (DDP does not synchronise parameters set by hand).
-            broadcast_buffers(module, group)
+        # Every rank then computes the same features, partition and
+        # prototypes (DDP does not synchronise parameters set by hand).
+        broadcast_buffers(module, get_process_group())
         views = (_TRANSFER_VIEWS and isinstance(augmented, AugmentedDataset)
                  and augmented.transform is not None)
         cosine = isinstance(module, MultiHeadNet) and module.temperature is not None
