@@ -715,3 +715,120 @@ def test_device_and_modes_agree(device, inplace):
         np.testing.assert_array_equal(np.sort(counts), np.sort(np.bincount(ref.labels, minlength=7)))
         agree = np.mean(res.labels.cpu().numpy() == ref.labels)
         assert agree >= (0.99 if dtype == torch.float32 else 0.9)
+
+
+# ---------------------------------------------------------------------------
+# The compiled build, the scheduling of the compiled functions, the GPU pass
+# ---------------------------------------------------------------------------
+
+
+def _scores_with_special_rows(n, k, seed):
+    logp = _log_dirichlet(n, k, seed).astype(np.float32)
+    logp[3, 1] = -np.inf  # a probability zero
+    logp[10, : k - 1] = -np.inf  # one possible cluster
+    logp[17] = -np.inf  # no preference: uniform
+    return logp
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_compiled_build_equals_torch_build(monkeypatch, warm):
+    from sklearn_sela.sinkhorn import _fused_pass
+
+    S = torch.as_tensor(_scores_with_special_rows(1100, 23, seed=2))
+    g = torch.as_tensor(np.random.default_rng(1).normal(size=23) * 5.0) if warm else None
+    built = {}
+    for minimum in (1 << 40, 0):
+        monkeypatch.setattr(sk, "_COMPILED_MIN_ENTRIES", minimum)
+        kernel = sk.Kernel(S, torch.empty_like(S), 25.0, g, False, False)
+        assert kernel._compiled_build == (minimum == 0)
+        built[minimum] = kernel
+    torch_k, comp_k = built[1 << 40], built[0]
+    # Same float operations up to exp(): torch's and the compiled one are
+    # each within about one unit in the last place.
+    np.testing.assert_allclose(comp_k.W.numpy(), torch_k.W.numpy(), rtol=3e-7, atol=0)
+    np.testing.assert_array_equal(comp_k.shift.numpy(), torch_k.shift.numpy())
+    np.testing.assert_array_equal(comp_k.row_max.numpy(), torch_k.row_max.numpy())
+    np.testing.assert_array_equal(comp_k.empty.numpy(), torch_k.empty.numpy())
+    np.testing.assert_array_equal(comp_k.reach.numpy(), torch_k.reach.numpy())
+    assert comp_k.has_zeros and [r[:2] for r in comp_k.zero_rows] == [
+        r[:2] for r in torch_k.zero_rows
+    ]
+    # Absorbing a scaling rebuilds the same kernel too.
+    log_b = torch.linspace(-30.0, 0.0, 23, dtype=torch.float64)
+    torch_k.absorb(log_b)
+    comp_k.absorb(log_b)
+    np.testing.assert_allclose(comp_k.W.numpy(), torch_k.W.numpy(), rtol=3e-7, atol=0)
+    np.testing.assert_array_equal(comp_k.shift.numpy(), torch_k.shift.numpy())
+    # exp() over the whole range the kernel uses, against float64.
+    x = np.linspace(-60.0, 0.0, 100_001, dtype=np.float32)
+    w, shift = np.empty((1, x.size), np.float32), np.empty(1)
+    zero = np.zeros(1, dtype=bool)
+    _fused_pass.build(
+        x[None], w, np.zeros(1, np.float32), zero, zero, None, 1.0, 60.0, 60.0, shift, 1
+    )
+    np.testing.assert_allclose(w[0], np.exp(x.astype(np.float64)), rtol=1.2e-7)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_compiled_scan_rejects_nan_and_inf(monkeypatch, bad):
+    monkeypatch.setattr(sk, "_COMPILED_MIN_ENTRIES", 0)
+    logp = _log_dirichlet(300, 5, seed=0).astype(np.float32)
+    logp[123, 2] = bad
+    with pytest.raises(ValueError, match="NaN" if np.isnan(bad) else r"\+inf"):
+        sinkhorn_knopp(logp)
+
+
+def test_compiled_results_do_not_depend_on_threads():
+    # Parts are fixed by the matrix, threads only share them out: the
+    # column sums are added up in the same order whatever the thread count.
+    from sklearn_sela.sinkhorn import _fused_pass
+
+    rng = np.random.default_rng(3)
+    W = np.exp(rng.uniform(-20.0, 0.0, size=(20_000, 31))).astype(np.float32)
+    b = np.exp(rng.uniform(-3.0, 3.0, size=31)).astype(np.float32)
+    assert _fused_pass.n_parts(W.shape[0]) > _fused_pass.max_threads()
+    outs = []
+    for n_threads in sorted({1, _fused_pass.max_threads()}):
+        a, v = np.empty(20_000, np.float32), np.empty(31, np.float32)
+        _fused_pass.fused_pass(W, b, a, v, n_threads)
+        outs.append((a, v))
+    for a, v in outs[1:]:
+        np.testing.assert_array_equal(a, outs[0][0])
+        np.testing.assert_array_equal(v, outs[0][1])
+
+
+@pytest.mark.parametrize("entries", [None, 1000])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_large_block_pass_gives_the_same_solve(monkeypatch, entries, inplace):
+    # The GPU's pass (few large blocks, no host synchronisation), run on the
+    # CPU: one block for the whole matrix, or several that do not divide it.
+    logp = _imbalanced(3001, 9, seed=6)
+    kw = dict(lam=100.0, tol=1e-5, max_iter=20000, inplace=inplace)
+    ref = sinkhorn_knopp(logp.astype(np.float32), **kw)
+    monkeypatch.setattr(sk, "_LARGE_PASS_DEVICES", ("cpu", "cuda"))
+    if entries is not None:
+        monkeypatch.setattr(sk, "_DEVICE_PASS_ENTRIES", entries)
+    S = torch.as_tensor(logp.astype(np.float32))
+    kernel = sk.Kernel(S, torch.empty_like(S), 100.0, None, False, False)
+    assert kernel.pass_rows == (3001 if entries is None else 1000 // 9)
+    res = sinkhorn_knopp(logp.astype(np.float32), **kw)
+    assert res.converged
+    assert abs(res.n_iter - ref.n_iter) <= 0.02 * ref.n_iter
+    np.testing.assert_array_equal(res.labels, ref.labels)
+    np.testing.assert_allclose(res.log_beta, ref.log_beta, rtol=5e-3, atol=0.05)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_argmax_labels_equal_torch(dtype):
+    from sklearn_sela.sinkhorn._rounding import argmax_labels
+
+    # Ties (equal columns) must go to the first column, as torch's do.
+    S = torch.as_tensor(_log_dirichlet(2000, 13, seed=7), dtype=dtype)
+    S[:, 5] = S[:, 2]
+    S[:100] = S[:100, :1]
+    kernel = sk.Kernel(S, torch.empty_like(S), 25.0, None, False, False)
+    b = torch.as_tensor(np.exp(np.random.default_rng(0).uniform(-5, 5, 13)), dtype=dtype)
+    b[5] = b[2]
+    np.testing.assert_array_equal(
+        kernel.argmax_labels(b).numpy(), argmax_labels(kernel, b).numpy()
+    )

@@ -5,10 +5,10 @@ plain numpy arrays and torch tensors, and of the rest of the package it
 imports only :mod:`sklearn_sela.collectives` (thin ``torch.distributed``
 wrappers that import nothing themselves). Its modules: ``_sinkhorn`` (the
 iterations, :func:`sinkhorn_knopp`, :func:`soft_assignments`), ``_kernel``
-(the working kernel and its pass), ``_fused_pass`` (that pass compiled for
-large CPU kernels) and ``_rounding`` (:func:`balanced_sizes` and the
-rounding of a plan to exactly balanced labels, on one process or over a
-process group).
+(the working kernel and its pass), ``_fused_pass`` (that pass, the
+kernel's build and its labels, compiled for large CPU kernels) and
+``_rounding`` (:func:`balanced_sizes` and the rounding of a plan to exactly
+balanced labels, on one process or over a process group).
 
 The problem (Asano et al., 2020, eq. 6-8) is, for an ``(N, K)`` matrix of
 log-probabilities ``log P``,
@@ -59,9 +59,10 @@ Notes on the numerics
   the row scaling is computed from the current column scaling and immediately
   used to accumulate the column sums, while the block is still in cache. On
   CPU, kernels of 4M entries or more run a compiled pass (numba) that does
-  this four rows at a time in each thread, so the matrix is read once per
-  iteration with one fork and join instead of three library calls per
-  block.
+  this four rows at a time, so the matrix is read once per iteration with
+  one fork and join instead of three library calls per block; the threads
+  take small parts of the rows in turn, so one that another process holds
+  up does not hold up the others.
 * The column update is over-relaxed, ``log_b += omega * log(target / col)``,
   with ``omega`` in ``[1, 1.9]`` set from the convergence rate observed over
   the first iterations (the classic ``2 / (1 + sqrt(1 - rate))``). Every step

@@ -34,10 +34,20 @@ _PAYLOAD_RANGE = 1024.0
 # costly when other processes share the cores) stays small.
 _CPU_BLOCK_BYTES = 2 << 20
 _CUDA_BLOCK_BYTES = 64 << 20
+# Entries per product in the pass over a stored kernel on a GPU. Its two
+# matrix-vector products run on views of the kernel (no scratch block), so
+# the blocks can be large: a GPU streams a whole block in the time the host
+# takes to launch a few kernels, and a pass over small blocks is bound by the
+# launches (three per block). One block up to 2**28 entries (1 GB of
+# float32; below 2**31 entries per call, the safe size for BLAS indices).
+_DEVICE_PASS_ENTRIES = 1 << 28
+# Devices whose stored kernels take that pass; a test adds "cpu".
+_LARGE_PASS_DEVICES = ("cuda",)
 # Stored CPU kernels of at least this many entries run the compiled pass of
 # ``_fused_pass`` (one read of the matrix, one fork and join, against about
-# 1.6 to 2 times a plain mv for torch's blockwise pass); smaller ones use
-# torch, whose pass is then a few calls and needs no compilation.
+# 1.6 to 2 times a plain mv for torch's blockwise pass), and float32 ones
+# are also built by it; smaller ones use torch, whose pass is then a few
+# calls and needs no compilation.
 _COMPILED_MIN_ENTRIES = 1 << 22
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
@@ -107,7 +117,11 @@ def _row_max(x):
     NaN or +inf in the scores is caught here, from the row maxima, which is
     cheaper than a separate validation pass. Returns ``(m, empty)``.
     """
-    m = x.amax(dim=1)
+    return _checked_row_max(x.amax(dim=1))
+
+
+def _checked_row_max(m):
+    """:func:`_row_max` from the raw row maxima ``m`` (NaN where a row has one)."""
     # NaN propagates through amax: report it before anything is written.
     if torch.isnan(m).any():
         raise ValueError("Input scores contain NaN.")
@@ -182,6 +196,7 @@ class Kernel:
         self.cdt = compute_dtype(W.dtype)
         self.floor = _LOG_FLOOR
         self.block = _block_rows(W)
+        self.pass_rows = self._pass_rows()
         self._scratch()
         self.g = (
             torch.zeros(self.k, dtype=torch.float64, device=self.device)
@@ -201,7 +216,36 @@ class Kernel:
         self.reach = torch.zeros(self.k, dtype=torch.bool, device=self.device)
         self._all_reach = False
         self.zero_rows = []
-        gc = None if g is None else self.g.to(self.cdt)
+        self.compiled = (
+            not streamed
+            and self.device.type == "cpu"
+            and self.n * self.k >= _COMPILED_MIN_ENTRIES
+        )
+        # The compiled build: float32 scores into a separate float32 kernel.
+        self._compiled_build = (
+            self.compiled
+            and not payload
+            and S.dtype == W.dtype == torch.float32
+            and S.is_contiguous()
+            and W.is_contiguous()
+        )
+        if self._compiled_build:
+            self._scan_compiled(g is not None)
+        else:
+            self._scan(g is not None)
+        self.has_empty = bool(self.empty.any())
+        if self._all_reach:
+            self.reach.fill_(True)
+        if streamed:
+            self.shift.copy_(self.row_max.double() * lam)
+
+    def _scan(self, warm):
+        """Validate the scores, block by block, and build the kernel from them.
+
+        ``warm``: build it with the folded scaling ``g``.
+        """
+        S, streamed = self.S, self.streamed
+        gc = self.g.to(self.cdt) if warm else None
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
             blk = S[start:stop]
@@ -218,16 +262,52 @@ class Kernel:
                 self._all_reach = True
             if not streamed:
                 self._write(start, stop, gc, empty, zeros)
-        self.has_empty = bool(self.empty.any())
-        if self._all_reach:
-            self.reach.fill_(True)
-        if streamed:
-            self.shift.copy_(self.row_max.double() * lam)
-        self.compiled = (
-            not streamed
-            and self.device.type == "cpu"
-            and self.n * self.k >= _COMPILED_MIN_ENTRIES
+
+    def _scan_compiled(self, warm):
+        """:meth:`_scan` as two compiled passes: row extremes, then the kernel.
+
+        Torch's blockwise scan makes about ten library calls per 2 MB block,
+        each a fork and join of its threads: cheap on idle cores, but each
+        join waits for the slowest thread, a whole time slice when another
+        process keeps the cores busy (see ``_fused_pass``).
+        """
+        from . import _fused_pass
+
+        row_max, row_min = _fused_pass.row_extremes(
+            self.S.detach().numpy(), self._threads()
         )
+        m, empty = _checked_row_max(torch.from_numpy(row_max))
+        self.row_max.copy_(m)
+        self.empty.copy_(empty)
+        has_zero = torch.isneginf(torch.from_numpy(row_min))
+        self.has_zeros = bool(has_zero.any())
+        # Rows the compiled build treats apart (-inf scores, maybe all).
+        self._special = has_zero.numpy()
+        if not self.has_zeros:
+            self._all_reach = True
+        else:
+            for start in range(0, self.n, self.block):
+                stop = min(start + self.block, self.n)
+                if bool(has_zero[start:stop].any()):
+                    self._note_zeros(
+                        self.S[start:stop], start, has_zero[start:stop],
+                        self.empty[start:stop],
+                    )
+                else:
+                    self._all_reach = True
+        self._build(self.g if warm else None)
+
+    def _threads(self):
+        # The compiled functions follow torch's intra-op thread setting.
+        from . import _fused_pass
+
+        return min(torch.get_num_threads(), _fused_pass.max_threads())
+
+    def _pass_rows(self):
+        """Rows per block in torch's pass over the kernel."""
+        if self.streamed or self.device.type not in _LARGE_PASS_DEVICES:
+            return self.block
+        return max(1, min(self.n, _DEVICE_PASS_ENTRIES // max(self.k, 1)))
 
     def _note_zeros(self, blk, start, has_zero, empty):
         """Record what a block of scores with -inf entries implies.
@@ -360,7 +440,17 @@ class Kernel:
             torch.exp(x.clamp_(min=-self.floor), out=self.W[rows])
 
     def _build(self, g):
-        """Rewrite ``W`` from the scores for the folded scaling ``g``."""
+        """Rewrite ``W`` from the scores for the folded scaling ``g`` (or none)."""
+        if self._compiled_build:
+            from . import _fused_pass
+
+            _fused_pass.build(
+                self.S.detach().numpy(), self.W.detach().numpy(),
+                self.row_max.numpy(), self.empty.numpy(), self._special,
+                None if g is None else g.to(self.cdt).numpy(),
+                self.lam, self.floor, _ZERO_GAP, self.shift.numpy(), self._threads(),
+            )
+            return
         g = g.to(self.cdt)
         for start in range(0, self.n, self.block):
             stop = min(start + self.block, self.n)
@@ -394,26 +484,51 @@ class Kernel:
 
         For each block of rows: ``u = W_blk @ b`` (row sums for the current
         column scaling), ``a = 1 / u`` (rows then sum to one) and
-        ``v += W_blk.T @ a`` (column sums for the new row scaling). The block
-        is read twice, the second time from cache. Nothing of size N x K is
+        ``v += W_blk.T @ a`` (column sums for the new row scaling). On the CPU
+        the block is read twice, the second time from cache. Nothing of size N x K is
         allocated. Large stored CPU kernels run the compiled equivalent,
-        which reads each row once (``_fused_pass``).
+        which reads each row once (``_fused_pass``). Stored GPU kernels take
+        the products over blocks of up to ``_DEVICE_PASS_ENTRIES`` (the
+        whole matrix, up to 1 GB): three launches per block, no host
+        synchronisation.
         """
         if self.compiled:
             # Lazy: numba's import and first compilation take ~2 s.
             from . import _fused_pass
 
-            n_threads = min(torch.get_num_threads(), _fused_pass.max_threads())
             _fused_pass.fused_pass(
-                self.W.detach().numpy(), b.numpy(), a.numpy(), v.numpy(), n_threads
+                self.W.detach().numpy(), b.numpy(), a.numpy(), v.numpy(), self._threads()
             )
             return
-        v.zero_()
-        for start, stop, blk in self.blocks():
+        if self.streamed:
+            blocks = self.blocks()
+        else:
+            blocks = (
+                (start, min(start + self.pass_rows, self.n))
+                for start in range(0, self.n, self.pass_rows)
+            )
+            blocks = ((start, stop, self.W[start:stop]) for start, stop in blocks)
+        for start, stop, blk in blocks:
             ab = a[start:stop]
             torch.mv(blk, b, out=ab)
             ab.reciprocal_()
-            v.addmv_(blk.t(), ab)
+            if start == 0:
+                torch.mv(blk.t(), ab, out=v)
+            else:
+                v.addmv_(blk.t(), ab)
+
+    def argmax_labels(self, b):
+        """Labels of a compiled kernel: per row, the first largest ``W * b``.
+
+        The same labels as ``_rounding.argmax_labels``, in one compiled
+        pass instead of two torch calls per block.
+        """
+        from . import _fused_pass
+
+        labels = _fused_pass.argmax_labels(
+            self.W.detach().numpy(), b.numpy(), self._threads()
+        )
+        return torch.from_numpy(labels)
 
     def absorb(self, log_b):
         """Fold the column scaling ``exp(log_b)`` into the kernel."""

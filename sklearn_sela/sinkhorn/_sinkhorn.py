@@ -459,7 +459,7 @@ def sinkhorn_knopp(
         else:
             labels = balanced_labels(kernel, log_b, proportions)
     else:
-        labels = argmax_labels(kernel, b)
+        labels = kernel.argmax_labels(b) if kernel.compiled else argmax_labels(kernel, b)
 
     soft = None
     if return_soft or inplace:
