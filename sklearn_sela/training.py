@@ -7,6 +7,7 @@ given by the user but held by the net (``labels_``) and replaced by
 checkpoints are small skorch callbacks, in :mod:`sklearn_sela.callbacks`.
 """
 
+import contextlib
 import time
 import warnings
 
@@ -20,7 +21,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.data import Subset
 
 from .backbones import MultiHeadNet
-from .data import AugmentedDataset
+from .data import AugmentedDataset, DeviceBatches, split_batch_transform
 from .assigner import SinkhornAssigner, cluster_centers
 from .collectives import all_gather_rows, collective_device, local_shard
 from .distributed import broadcast_buffers, get_process_group, unwrap_module
@@ -81,6 +82,23 @@ class SelfLabelNet(NeuralNet):
         ``max_epochs``, ``batch_size``, ``device``, ``callbacks``,
         ``iterator_train__num_workers``, ...).
 
+    Notes
+    -----
+    On a CUDA device the net feeds the GPU itself (:meth:`feeds_device`):
+    the DataLoaders pin memory (unless ``iterator_*__pin_memory`` says
+    otherwise), batches are copied without waiting and augmented on the GPU
+    (:class:`~sklearn_sela.data.DeviceBatches`), the forward passes
+    of training and labelling run under bfloat16 autocast with the losses
+    and the Sinkhorn inputs in float32 (:meth:`autocast`), and the module's
+    convolution weights are in the channels-last memory format. Elsewhere
+    the net computes in float32 with the augmentation in the DataLoader.
+
+    Worker processes (``iterator_train__num_workers``) then only read
+    samples: in-memory arrays need none (a thread reads one batch ahead).
+    Streamed image folders decode their files in the workers, and the GPU
+    waits unless they keep up: give them the cores the main process does
+    not use, ``os.cpu_count() - 1`` on a machine of its own.
+
     Attributes
     ----------
     labels_ : Tensor of shape (n_samples, n_heads)
@@ -140,6 +158,79 @@ class SelfLabelNet(NeuralNet):
             self.interrupted_ = True
             raise
 
+    # -- feeding the device -----------------------------------------------
+    def _device_type(self):
+        return "cpu" if self.device is None else torch.device(self.device).type
+
+    def feeds_device(self):
+        """Whether batches are augmented on the net's device: on CUDA.
+
+        Then :meth:`get_iterator` hands the DataLoader the plain samples and
+        augments each batch on the device
+        (:class:`~sklearn_sela.data.DeviceBatches`); on the CPU the
+        DataLoader augments, as skorch does.
+        """
+        return self._device_type() == "cuda"
+
+    def autocast(self):
+        """The precision of the training and labelling forward passes.
+
+        bfloat16 autocast on CUDA: convolutions and matrix products in
+        bfloat16, which needs no loss scaling; the losses
+        (:meth:`get_loss`) and the log-probabilities given to Sinkhorn are
+        computed in float32 from the logits. Elsewhere a no-op context:
+        float32 throughout.
+        """
+        if self._device_type() != "cuda":
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def get_params_for(self, prefix):
+        """skorch's parameters of ``prefix``; DataLoaders pin memory on CUDA
+        unless told otherwise, so that batches are copied without waiting."""
+        params = super().get_params_for(prefix)
+        if prefix in ("iterator_train", "iterator_valid"):
+            params.setdefault("pin_memory", self._device_type() == "cuda")
+        return params
+
+    def get_iterator(self, dataset, training=False):
+        """skorch's DataLoader; with :meth:`feeds_device`, one of the plain
+        samples whose batches are augmented on the device."""
+        if not self.feeds_device():
+            return super().get_iterator(dataset, training=training)
+        plain, transform = split_batch_transform(dataset)
+        return DeviceBatches(super().get_iterator(plain, training=training), self.device,
+                             transform)
+
+    def initialize_module(self):
+        """skorch's module, its convolution weights channels-last on CUDA
+        (what cuDNN's tensor-core kernels read; on the CPU it would change
+        the arithmetic of the results)."""
+        super().initialize_module()
+        if self._device_type() == "cuda":
+            self.module_.to(memory_format=torch.channels_last)
+        return self
+
+    def infer(self, x, **fit_params):
+        """skorch's forward pass, under :meth:`autocast`."""
+        with self.autocast():
+            return super().infer(x, **fit_params)
+
+    def train_step(self, batch, **fit_params):
+        """skorch's optimisation step, refusing a loss that is not finite.
+
+        Checked after the step, where skorch reads the loss anyway: a check
+        before the backward pass would wait for the GPU once more per batch.
+        """
+        step = super().train_step(batch, **fit_params)
+        loss = step["loss"].detach()
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(
+                f"The training loss became {float(loss):g} in epoch {len(self.history)}: "
+                f"training diverged. Try a smaller learning rate than lr={self.lr:g}."
+            )
+        return step
+
     # -- labels -----------------------------------------------------------
     def init_labels(self, n_samples):
         """Start from a random equipartition of ``n_samples`` for each head."""
@@ -151,18 +242,17 @@ class SelfLabelNet(NeuralNet):
         return self
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        """Cross-entropy averaged over heads; ``y_true`` holds sample indices."""
-        targets = self.labels_[y_true.cpu()].to(self.device)
+        """Cross-entropy averaged over heads, in float32; ``y_true`` holds
+        sample indices."""
+        targets = self.labels_[y_true.cpu()]
+        if self._device_type() == "cuda":
+            # A copy from pinned memory does not wait for the forward pass.
+            targets = targets.pin_memory()
+        targets = targets.to(self.device, non_blocking=True)
         losses = [
-            self.criterion_(logits, targets[:, t]) for t, logits in enumerate(y_pred)
+            self.criterion_(logits.float(), targets[:, t]) for t, logits in enumerate(y_pred)
         ]
-        loss = sum(losses) / len(losses)
-        if training and not bool(torch.isfinite(loss.detach())):
-            raise FloatingPointError(
-                f"The training loss became {float(loss.detach()):g} in epoch {len(self.history)}: "
-                f"training diverged. Try a smaller learning rate than lr={self.lr:g}."
-            )
-        return loss
+        return sum(losses) / len(losses)
 
     def _label_batches(self, dataset, offset=0):
         """Yield ``(inputs on the device, buffer rows)`` in evaluation mode.
@@ -190,10 +280,12 @@ class SelfLabelNet(NeuralNet):
         """
         module = unwrap_module(self.module_)
         for x, rows in self._label_batches(dataset, offset):
-            if features_out is None:
-                outputs = module(x)
-            else:
-                out, outputs = module.features_and_logits(x)
+            with self.autocast():
+                if features_out is None:
+                    outputs = module(x)
+                else:
+                    out, outputs = module.features_and_logits(x)
+            if features_out is not None:
                 features_out[rows] = out.float().cpu()
             for buf, logits in zip(buffers, outputs):
                 buf[rows.to(buf.device)] = torch.log_softmax(logits.float(), dim=1).to(buf.device)
@@ -209,10 +301,12 @@ class SelfLabelNet(NeuralNet):
         """
         module = unwrap_module(self.module_)
         for x, rows in self._label_batches(dataset, offset):
-            out = module.features(x)
+            with self.autocast():
+                out = module.features(x)
+                emb = module.embed(out) if embed else out
             if features_out is not None:
                 features_out[rows] = out.float().cpu()
-            buffer[rows] = (module.embed(out) if embed else out).float().cpu()
+            buffer[rows] = emb.float().cpu()
         return buffer
 
     @torch.no_grad()
@@ -290,7 +384,7 @@ class SelfLabelNet(NeuralNet):
             buf = storage[: n * k].view(n, k)
             for start in range(0, n, rows):
                 # Not around the yield: the caller would run without grad.
-                with torch.no_grad():
+                with torch.no_grad(), self.autocast():
                     block = module.head_logits(t, embedded[start:start + rows].to(dev))
                     buf[start:start + rows] = torch.log_softmax(block.float(), dim=1).to(
                         storage.device

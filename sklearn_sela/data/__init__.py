@@ -11,8 +11,9 @@ The public names of the package, from its modules:
   item reading of map-style datasets;
 - :mod:`sklearn_sela.data.augment`: :class:`RandomGeometric`,
   :class:`RandomColor` and :class:`BatchCompose`, batched random
-  augmentations, and :class:`AugmentedDataset`, the training dataset of
-  ``(augmented sample, index)`` pairs;
+  augmentations, :class:`AugmentedDataset`, the training dataset of
+  ``(augmented sample, index)`` pairs, and :class:`DeviceBatches` with
+  :func:`split_batch_transform`, which augment batches on a GPU;
 - :mod:`sklearn_sela.data.presets`: :func:`default_augmentation`, the SeLa
   augmentation for each kind of input;
 - :mod:`sklearn_sela.data.image_files`: :func:`find_image_files`,
@@ -25,7 +26,14 @@ The package imports nothing else of :mod:`sklearn_sela`.
 # Authors: sklearn-sela developers
 # License: BSD 3 clause
 
-from .augment import AugmentedDataset, BatchCompose, RandomColor, RandomGeometric
+from .augment import (
+    AugmentedDataset,
+    BatchCompose,
+    DeviceBatches,
+    RandomColor,
+    RandomGeometric,
+    split_batch_transform,
+)
 from .base import InputInfo
 from .image_files import IMAGE_EXTENSIONS, ImageFiles, check_image_files, find_image_files
 from .inputs import as_dataset
@@ -41,6 +49,8 @@ __all__ = [
     "RandomGeometric",
     "RandomColor",
     "BatchCompose",
+    "DeviceBatches",
+    "split_batch_transform",
     "find_image_files",
     "check_image_files",
     "ImageFiles",

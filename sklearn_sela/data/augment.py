@@ -7,28 +7,53 @@ parameters, as well as on single images; :class:`BatchCompose` chains them.
 :class:`AugmentedDataset` applies a transform and returns the sample index
 alongside each sample, so that the training loop can look up the current
 pseudo-label of every sample of a batch. The presets are in
-:mod:`sklearn_sela.data.presets`.
+:mod:`sklearn_sela.data.presets`. :class:`DeviceBatches` feeds a GPU: it
+copies the plain batches of a DataLoader to the device and augments them
+there (:func:`split_batch_transform` separates a dataset from its batched
+augmentation).
 """
 
 # Authors: sklearn-sela developers
 # License: BSD 3 clause
 
 import math
+import queue
+import threading
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from .streaming import raise_read_error
 
-__all__ = ["RandomGeometric", "RandomColor", "BatchCompose", "AugmentedDataset"]
+__all__ = [
+    "RandomGeometric",
+    "RandomColor",
+    "BatchCompose",
+    "AugmentedDataset",
+    "DeviceBatches",
+    "split_batch_transform",
+]
 
 # ITU-R 601-2 luma weights, the ones torchvision uses for grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 # Cross-product matrix of the gray axis (1, 1, 1): hue shifts are rotations
 # about that axis (Rodrigues' formula), which the HSV hexcone projects along.
 _GRAY_AXIS_CROSS = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / math.sqrt(3)
+
+
+def _params_to(array, like):
+    """The numpy parameters ``array`` as a tensor on ``like``'s device and dtype.
+
+    The parameters are drawn on the host whatever the device, so that the
+    random stream and the distribution do not depend on it. A plain copy to
+    a GPU waits for the work queued there; from pinned memory it does not.
+    """
+    params = torch.from_numpy(array)
+    if like.device.type == "cuda":
+        params = params.pin_memory().to(like.device, non_blocking=True)
+    return params.to(like.device, like.dtype)
 
 
 def _as_batch(x):
@@ -166,7 +191,7 @@ class RandomGeometric:
         """
         batch, single = _as_batch(x)
         n, _, height, width = batch.shape
-        theta = torch.from_numpy(self.sample_theta(n, height, width)).to(batch.device, batch.dtype)
+        theta = _params_to(self.sample_theta(n, height, width), batch)
         grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
         out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)
@@ -245,20 +270,23 @@ class RandomColor:
         img = batch[:, :k]
         flat = img.reshape(n, k, -1)
         lo = hi = None
-        if img.numel() and (img.min() < 0 or img.max() > 1):
+        # Testing the range on a GPU would wait for it; there every batch is
+        # mapped, which is exact for samples in [0, 1] (lo = 0, hi = 1).
+        if img.numel() and (
+            batch.device.type != "cpu" or img.min() < 0 or img.max() > 1
+        ):
             # Jitter clamps to [0, 1]; map out-of-range samples into it and
             # back, so standardised data keeps its scale.
             lo = flat.amin(dim=(1, 2)).clamp(max=0).view(n, 1, 1)
             hi = flat.amax(dim=(1, 2)).clamp(min=1).view(n, 1, 1)
             flat = (flat - lo) / (hi - lo)
-        dev, dtype = batch.device, batch.dtype
         mean = flat.mean(2)
         if k == 3:
-            mean = mean @ torch.tensor(_LUMA, dtype=dtype, device=dev)
+            mean = mean @ _params_to(np.asarray(_LUMA), batch)
         else:
             mean = mean[:, 0]
-        mat = torch.from_numpy(mat).to(dev, dtype)
-        offset = (torch.from_numpy(shift).to(dev, dtype) * mean).view(n, 1, 1)
+        mat = _params_to(mat, batch)
+        offset = (_params_to(shift, batch) * mean).view(n, 1, 1)
         out = torch.baddbmm(offset, mat, flat).clamp_(0, 1)
         if lo is not None:
             out = out * (hi - lo) + lo
@@ -433,3 +461,145 @@ class AugmentedDataset(Dataset):
         else:
             xs = [self.transform(x) for x in self._read(indices)]
         return list(zip(xs, indices))
+
+
+def split_batch_transform(dataset):
+    """Separate a dataset from its batched augmentation.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Typically an :class:`AugmentedDataset`, or a
+        :class:`torch.utils.data.Subset` of one.
+
+    Returns
+    -------
+    plain : Dataset
+        ``dataset`` yielding the same ``(sample, index)`` pairs without the
+        augmentation, or ``dataset`` itself.
+    transform : callable or None
+        The augmentation, when it transforms whole batches
+        (``supports_batch``); None, with ``dataset`` unchanged, otherwise: a
+        per-sample transform stays where the samples are read.
+    """
+    inner = dataset.dataset if isinstance(dataset, Subset) else dataset
+    transform = getattr(inner, "transform", None)
+    if not isinstance(inner, AugmentedDataset) or not getattr(transform, "supports_batch", False):
+        return dataset, None
+    plain = AugmentedDataset(inner.base, None)
+    if isinstance(dataset, Subset):
+        plain = Subset(plain, dataset.indices)
+    return plain, transform
+
+
+_END = object()
+
+
+def _read_ahead(batches, device):
+    """Yield the items of the iterator ``batches``, reading the next one in
+    a thread while the caller works on the current one.
+
+    The first item is read by the caller: a shuffling sampler draws its seed
+    from torch's global generator then, as without the thread.
+    """
+    first = next(batches, _END)
+    if first is _END:
+        return
+    ready = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry):
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read():
+        if device.type == "cuda":
+            # Pinned memory is allocated through the current device: the
+            # caller's GPU, not GPU 0, under torch.distributed.
+            torch.cuda.set_device(device)
+        try:
+            for item in batches:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - re-raised by the caller
+            put((None, exc))
+            return
+        put((_END, None))
+
+    reader = threading.Thread(target=read, name="sela-read-ahead", daemon=True)
+    reader.start()
+    try:
+        yield first
+        while True:
+            item, exc = ready.get()
+            if exc is not None:
+                raise exc
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
+class DeviceBatches:
+    """The ``(x, index)`` batches of a DataLoader, on a device and augmented there.
+
+    Each batch is copied to ``device`` (without waiting for it when the
+    loader pins memory, ``pin_memory=True``) and ``transform`` is applied
+    there to the whole batch: on a GPU, the augmentation costs the host
+    nothing but the drawing of its parameters. A loader without worker
+    processes is read one batch ahead in a thread, so that the next batch is
+    read and pinned while the device trains on the current one.
+
+    Parameters
+    ----------
+    loader : iterable of (Tensor, Tensor)
+        Typically a :class:`torch.utils.data.DataLoader` of the plain
+        dataset from :func:`split_batch_transform`.
+    device : str or torch.device
+        Where the batches go.
+    transform : callable or None, default=None
+        Batched augmentation (``supports_batch``), such as the presets of
+        :func:`~sklearn_sela.data.default_augmentation`.
+
+    Notes
+    -----
+    The presets draw their random parameters on the host, from torch's
+    global generator, in the calling process: the same numbers, in the same
+    order, as :class:`AugmentedDataset` with ``num_workers=0`` on the CPU.
+    ``torch.manual_seed`` thus fixes the augmentation, and its distribution
+    does not depend on the device. The items of the dataset are read in the
+    thread: they must not draw from that generator (those of
+    :func:`~sklearn_sela.data.as_dataset` draw nothing).
+    """
+
+    def __init__(self, loader, device, transform=None):
+        self.loader = loader
+        self.device = device
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        device = torch.device(self.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        batches = iter(self.loader)
+        if getattr(self.loader, "num_workers", 0) == 0:
+            batches = _read_ahead(batches, device)
+        try:
+            for x, index in batches:
+                x = x.to(device, non_blocking=True)
+                if self.transform is not None:
+                    x = self.transform(x)
+                yield x, index
+        finally:
+            # Stops the reading thread when the caller stops early.
+            getattr(batches, "close", lambda: None)()
