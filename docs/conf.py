@@ -102,7 +102,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 # -- Directives ---------------------------------------------------------------
 # Preferred order of the benchmark fragments; others follow alphabetically.
-BENCHMARK_ORDER = ["sinkhorn", "training", "quality", "distributed", "gpu"]
+BENCHMARK_ORDER = ["sinkhorn", "training", "scaling", "quality", "distributed", "gpu"]
 
 
 class BenchmarkFragments(SphinxDirective):

@@ -30,6 +30,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array, check_consistent_length, column_or_1d
 from skorch.callbacks import Callback
+import torch
+
+from .neighbors import cosine_neighbors
 
 __all__ = [
     "cluster_accuracy",
@@ -135,12 +138,6 @@ def _check_features(train_features, train_labels, test_features, test_labels):
     return train_features, train_labels, test_features, test_labels
 
 
-def _l2_normalise(X):
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    # A zero vector has no direction: leave it at zero (similarity 0 to all).
-    return X / np.where(norms > 0, norms, 1.0)
-
-
 def weighted_knn_accuracy(
     train_features,
     train_labels,
@@ -148,7 +145,6 @@ def weighted_knn_accuracy(
     test_labels,
     k=50,
     temperature=0.1,
-    batch_size=1024,
 ):
     """Accuracy of the weighted k-nearest-neighbour classifier of Wu et al.
 
@@ -177,9 +173,6 @@ def weighted_knn_accuracy(
     temperature : float, default=0.1
         Temperature ``sigma`` of the vote weights ``exp(sim / sigma)``;
         smaller values give the closest neighbours more say.
-    batch_size : int, default=1024
-        Test samples processed at once, bounding memory to
-        ``batch_size * n_train`` similarities.
 
     Returns
     -------
@@ -190,7 +183,9 @@ def weighted_knn_accuracy(
     -----
     Features are L2-normalised, so only their direction matters; a zero
     vector is similar to nothing. Ties between classes go to the class that
-    sorts first.
+    sorts first. The neighbours come from
+    :func:`~sklearn_sela.neighbors.cosine_neighbors`: exact for small
+    training sets, approximate (95% of the exact neighbours) for large ones.
 
     Examples
     --------
@@ -209,22 +204,18 @@ def weighted_knn_accuracy(
         train_features, train_labels, test_features, test_labels
     )
     classes, ytr_idx = np.unique(ytr, return_inverse=True)
-    Xtr = _l2_normalise(Xtr.astype(np.float64))
-    Xte = _l2_normalise(Xte.astype(np.float64))
     k = min(int(k), Xtr.shape[0])
-    correct = 0
-    for start in range(0, Xte.shape[0], int(batch_size)):
-        sim = Xte[start : start + batch_size] @ Xtr.T
-        # argpartition: O(n_train) per row instead of a full sort.
-        nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        nn_sim = np.take_along_axis(sim, nn, axis=1)
-        # Subtracting the row maximum leaves the argmax unchanged and keeps
-        # exp() finite for small temperatures.
-        weights = np.exp((nn_sim - nn_sim.max(axis=1, keepdims=True)) / temperature)
-        votes = np.zeros((sim.shape[0], classes.size))
-        np.add.at(votes, (np.arange(sim.shape[0])[:, None], ytr_idx[nn]), weights)
-        pred = classes[votes.argmax(axis=1)]
-        correct += int(np.sum(pred == yte[start : start + batch_size]))
+    nn, nn_sim = cosine_neighbors(
+        torch.from_numpy(Xtr), k, queries=torch.from_numpy(Xte), return_similarity=True
+    )
+    nn_sim = nn_sim.double()
+    # Subtracting the row maximum leaves the argmax unchanged and keeps exp()
+    # finite for small temperatures.
+    weights = torch.exp((nn_sim - nn_sim.max(dim=1, keepdim=True).values) / temperature)
+    votes = torch.zeros((len(Xte), classes.size), dtype=torch.float64)
+    votes.scatter_add_(1, torch.from_numpy(ytr_idx)[nn], weights)
+    pred = classes[votes.argmax(dim=1).numpy()]
+    correct = int(np.sum(pred == yte))
     return correct / Xte.shape[0]
 
 

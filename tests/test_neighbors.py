@@ -36,6 +36,68 @@ def test_cosine_neighbors_match_scikit_learn(monkeypatch, exclude_self):
     np.testing.assert_array_equal(part.numpy(), got[13:41].numpy())
 
 
+def _clustered(n=4000, dim=32, n_centres=40, seed=0):
+    # Low intrinsic dimension, as learned features have: the regime in
+    # which an index of cells finds the neighbours by looking at a few.
+    rng = np.random.RandomState(seed)
+    centres = rng.normal(size=(n_centres, 8)) * 2
+    z = centres[rng.randint(n_centres, size=n)] + rng.normal(size=(n, 8))
+    x = z @ rng.normal(size=(8, dim)) + 0.05 * rng.normal(size=(n, dim))
+    return torch.from_numpy(x.astype(np.float32))
+
+
+def _overlap(found, exact):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), exact.tolist())])
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_approximate_neighbors_find_most_exact_ones(exclude_self):
+    x = _clustered()
+    exact, exact_sim = cosine_neighbors(
+        x, 10, exclude_self=exclude_self, method="exact", return_similarity=True
+    )
+    found, sim = cosine_neighbors(
+        x, 10, exclude_self=exclude_self, method="approximate", return_similarity=True
+    )
+    assert found.shape == (4000, 10) and found.dtype == torch.int64
+    # Calibrated to 95% on a sample of queries; the whole set is close.
+    assert _overlap(found, exact) > 0.93
+    own = (found == torch.arange(4000)[:, None]).any(dim=1)
+    assert not own.any() if exclude_self else own.float().mean() > 0.99
+    # Similarities are the cosines of the pairs returned, most similar first.
+    unit = torch.nn.functional.normalize(x, dim=1)
+    np.testing.assert_allclose(sim, (unit[:, None, :] * unit[found]).sum(-1), atol=1e-5)
+    assert (sim[:, :-1] >= sim[:, 1:] - 1e-6).all()
+    assert (sim <= exact_sim + 1e-5).all()  # never better than the best
+    # A shard's rows, and explicit queries, give the same neighbours.
+    part = cosine_neighbors(x, 10, rows=(100, 300), exclude_self=exclude_self,
+                            method="approximate")
+    np.testing.assert_array_equal(part, found[100:300])
+
+
+def test_approximate_search_falls_back_to_exact_without_structure():
+    # Isotropic noise in 64 dimensions: no few cells hold a point's
+    # neighbours, so the calibration finds no breadth and searches exactly.
+    x = torch.from_numpy(np.random.RandomState(0).normal(size=(3000, 64)).astype(np.float32))
+    np.testing.assert_array_equal(
+        cosine_neighbors(x, 5, method="approximate"), cosine_neighbors(x, 5, method="exact")
+    )
+
+
+def test_auto_method_follows_the_number_of_samples(monkeypatch):
+    x = _clustered(n=2000)
+    queries = x[:50] + 0.01
+    exact = cosine_neighbors(x, 8, queries=queries, method="exact")
+    assert torch.equal(cosine_neighbors(x, 8, queries=queries), exact)
+    monkeypatch.setattr(neighbors, "_APPROX_MIN_SAMPLES", 1000)
+    calls = []
+    search = neighbors._approximate_search
+    monkeypatch.setattr(neighbors, "_approximate_search",
+                        lambda *a: calls.append(1) or search(*a))
+    assert _overlap(cosine_neighbors(x, 8, queries=queries), exact) > 0.9
+    assert calls == [1]
+
+
 def test_cosine_neighbors_bad_count():
     X = torch.from_numpy(_points(n=5))
     assert cosine_neighbors(X, 5).shape == (5, 5)
@@ -43,6 +105,10 @@ def test_cosine_neighbors_bad_count():
         cosine_neighbors(X, 5, exclude_self=True)
     with pytest.raises(ValueError, match=r"n_neighbors=0 must be in \[1, 5\]"):
         cosine_neighbors(X, 0)
+    with pytest.raises(ValueError, match="only with queries=None"):
+        cosine_neighbors(X, 2, queries=X, exclude_self=True)
+    with pytest.raises(ValueError, match="method must be"):
+        cosine_neighbors(X, 2, method="hnsw")
 
 
 def test_average_over_neighbors(monkeypatch):
