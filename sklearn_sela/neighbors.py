@@ -70,8 +70,8 @@ def cosine_neighbors(
     `faiss <https://github.com/facebookresearch/faiss>`_ and each query is
     compared with the samples of the few cells nearest to it only: as many
     cells as a sample of the queries needs to find 95% of its exact
-    neighbours (2 to 8 on clustered features, where the search costs about
-    ``O(n_samples**1.5 * n_features)``). Where no few cells suffice, the
+    neighbours. On clustered features that costs about
+    ``O(n_samples**1.5 * n_features)``; where no few cells suffice, the
     exact search runs. Timings and recall: :ref:`benchmarks-scaling`.
 
     Parameters
@@ -169,7 +169,7 @@ def _approximate_search(x, q, k):
     samples with all the queries that probe it, so the work runs at the
     speed of a blocked product rather than one dot product at a time.
     """
-    import faiss  # imported on first use: about 0.2 s
+    import faiss  # on first use: most fits never need it
 
     n, d = x.shape
     n_cells = int(min(n // _POINTS_PER_CELL, _CELLS_PER_ROOT * math.sqrt(n)))
