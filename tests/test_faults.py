@@ -494,7 +494,11 @@ def test_sigint_stops_sela_fit_with_status_130_and_no_results(tmp_path):
     cmd = [exe, "fit", str(tmp_path / "X.npy"), "--n-clusters", "3", "--n-heads", "1",
            "--max-epochs", "40", "--random-state", "0", "--checkpoint", "--out", str(out),
            "--quiet", "--overwrite"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell without job control starts background commands with SIGINT
+    # ignored, and Python keeps an ignored SIGINT ignored: give the child
+    # the default disposition, as a terminal's foreground job has.
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = out / "checkpoint" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
