@@ -193,8 +193,13 @@ def main():
         est = SelfLabelClusterer(random_state=0, verbose=1).fit(X)
         elapsed = time.perf_counter() - start
         sizes = np.bincount(est.labels_, minlength=est.n_clusters)
+        updates = [row["label_update"]["time"] for row in est.history_ if "label_update" in row]
+        transfer = sum(row["label_transfer"]["time"] for row in est.history_
+                       if "label_transfer" in row)
         print(f"\nDefault fit on {args.fit_rows} rows: {elapsed:.0f} s "
-              f"({len(est.history_)} epochs; cluster sizes {sizes.min()}-{sizes.max()})")
+              f"({len(est.history_)} epochs; {len(updates)} label updates "
+              f"{sum(updates):.0f} s, label transfer {transfer:.0f} s; "
+              f"cluster sizes {sizes.min()}-{sizes.max()})")
 
 
 if __name__ == "__main__":

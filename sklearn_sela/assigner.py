@@ -21,6 +21,7 @@ from numbers import Integral, Real
 import warnings
 
 import numpy as np
+from scipy import sparse
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -39,6 +40,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from .sinkhorn import sinkhorn_knopp, soft_assignments
 
 __all__ = ["SinkhornAssigner", "cluster_centers"]
+
+_SUM_BLOCK_ENTRIES = 1 << 22  # float64 rows summed per sparse product
 
 
 def cluster_centers(Xs, labels, centers, metric):
@@ -64,7 +67,16 @@ def cluster_centers(Xs, labels, centers, metric):
     k = centers.shape[0]
     counts = np.bincount(labels, minlength=k)
     sums = np.zeros((k, Xs.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, Xs)
+    # The sums as products of a sparse (k, rows) indicator with blocks of
+    # rows: tens of times faster than ``np.add.at``, float64 temporaries
+    # bounded by the block.
+    block = max(1, _SUM_BLOCK_ENTRIES // max(1, Xs.shape[1]))
+    for lo in range(0, Xs.shape[0], block):
+        hi = min(Xs.shape[0], lo + block)
+        indicator = sparse.csr_matrix(
+            (np.ones(hi - lo), (labels[lo:hi], np.arange(hi - lo))), shape=(k, hi - lo)
+        )
+        sums += indicator @ np.asarray(Xs[lo:hi], dtype=np.float64)
     new = centers.astype(np.float64, copy=True)
     if metric == "cosine":
         norms = np.linalg.norm(sums, axis=1)

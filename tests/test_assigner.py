@@ -502,3 +502,25 @@ def test_params_not_modified_by_fit():
     assert sa.get_params() == before
     assert sa.cluster_proportions is props
     assert clone(sa).get_params() == before
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_cluster_centers_are_each_clusters_mean_or_direction(metric, monkeypatch):
+    from sklearn_sela.assigner import cluster_centers
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(700, 5)).astype(np.float32)
+    labels = rng.integers(0, 4, size=700)
+    labels[labels == 2] = 3  # cluster 2 is empty: it keeps its given centre
+    given = rng.normal(size=(4, 5)).astype(np.float32)
+    # Several blocks of rows (the sums are accumulated block by block).
+    monkeypatch.setattr(assigner_module, "_SUM_BLOCK_ENTRIES", 5 * 128)
+    got = cluster_centers(X, labels, given, metric)
+    assert got.dtype == np.float32
+    for c in range(4):
+        rows = X[labels == c].astype(np.float64)
+        if not len(rows):
+            np.testing.assert_array_equal(got[c], given[c])
+            continue
+        want = rows.mean(0) if metric == "euclidean" else rows.sum(0) / np.linalg.norm(rows.sum(0))
+        np.testing.assert_allclose(got[c], want, rtol=1e-6, atol=1e-7)
