@@ -20,7 +20,8 @@ clusters overlap (a harder search).
 
 ``--fit-rows N`` then times a full default fit,
 ``SelfLabelClusterer(random_state=0).fit(X)`` (with ``verbose=1``), on
-``N`` such rows.
+``N`` such rows, and prints its time with that of the label updates and
+of the label transfer.
 
 Usage::
 
