@@ -60,49 +60,6 @@ def load_data(name, subset=None, seed=0):
     raise ValueError(f"unknown dataset {name!r}")
 
 
-# -- metrics: sklearn_sela.metrics when present, private fallbacks otherwise --
-try:  # pragma: no cover - depends on the tree state
-    from sklearn_sela.metrics import (  # noqa: F401
-        cluster_accuracy,
-        linear_probe_accuracy,
-        weighted_knn_accuracy,
-    )
-except ImportError:  # pragma: no cover
-    from scipy.optimize import linear_sum_assignment
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics.cluster import contingency_matrix
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    def cluster_accuracy(y_true, y_pred):
-        c = contingency_matrix(y_true, y_pred)
-        r, k = linear_sum_assignment(c, maximize=True)
-        return float(c[r, k].sum() / len(y_true))
-
-    def weighted_knn_accuracy(Xtr, ytr, Xte, yte, k=50, temperature=0.1):
-        def norm(a):
-            a = np.asarray(a, np.float64)
-            n = np.linalg.norm(a, axis=1, keepdims=True)
-            return a / np.where(n > 0, n, 1)
-
-        Xtr, Xte = norm(Xtr), norm(Xte)
-        classes, yi = np.unique(ytr, return_inverse=True)
-        k = min(k, len(Xtr))
-        correct = 0
-        for s in range(0, len(Xte), 1024):
-            sim = Xte[s:s + 1024] @ Xtr.T
-            nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-            w = np.exp(np.take_along_axis(sim, nn, 1) / temperature)
-            votes = np.zeros((len(sim), len(classes)))
-            np.add.at(votes, (np.arange(len(sim))[:, None], yi[nn]), w)
-            correct += (classes[votes.argmax(1)] == np.asarray(yte)[s:s + 1024]).sum()
-        return float(correct / len(Xte))
-
-    def linear_probe_accuracy(Xtr, ytr, Xte, yte, C=1.0, max_iter=1000):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-        return float(clf.fit(Xtr, ytr).score(Xte, yte))
-
-
 def markdown_table(headers, rows, floatfmt="{:.3f}"):
     """Render rows (lists) as a Markdown table string."""
 

@@ -53,16 +53,14 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    cluster_accuracy,
-    linear_probe_accuracy,
-    load_data,
-    machine_info,
-    markdown_table,
-    weighted_knn_accuracy,
-)
+from _common import load_data, machine_info, markdown_table  # noqa: E402
 
 from sklearn_sela import BalancedGraphClustering, SelfLabelClusterer  # noqa: E402
+from sklearn_sela.metrics import (  # noqa: E402
+    cluster_accuracy,
+    linear_probe_accuracy,
+    weighted_knn_accuracy,
+)
 
 GRAPH_LABELS = "BalancedGraphClustering on transform"
 HEADERS = ["dataset", "method", "seed", "ACC", "NMI", "ARI", "test ACC", "test NMI",
