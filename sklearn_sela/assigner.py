@@ -68,8 +68,8 @@ def cluster_centers(Xs, labels, centers, metric):
     counts = np.bincount(labels, minlength=k)
     sums = np.zeros((k, Xs.shape[1]), dtype=np.float64)
     # The sums as products of a sparse (k, rows) indicator with blocks of
-    # rows: tens of times faster than ``np.add.at``, float64 temporaries
-    # bounded by the block.
+    # rows (``np.add.at`` is unbuffered, one element at a time); float64
+    # temporaries bounded by the block.
     block = max(1, _SUM_BLOCK_ENTRIES // max(1, Xs.shape[1]))
     for lo in range(0, Xs.shape[0], block):
         hi = min(Xs.shape[0], lo + block)
