@@ -183,9 +183,10 @@ def weighted_knn_accuracy(
     -----
     Features are L2-normalised, so only their direction matters; a zero
     vector is similar to nothing. Ties between classes go to the class that
-    sorts first. The neighbours come from
-    :func:`~sklearn_sela.neighbors.cosine_neighbors`: exact for small
-    training sets, approximate (95% of the exact neighbours) for large ones.
+    sorts first. The neighbours are exact
+    (:func:`~sklearn_sela.neighbors.cosine_neighbors` with
+    ``method="exact"``), ``O(n_test n_train n_features)`` time in blocks of
+    bounded memory, so the score does not depend on a search's recall.
 
     Examples
     --------
@@ -206,7 +207,8 @@ def weighted_knn_accuracy(
     classes, ytr_idx = np.unique(ytr, return_inverse=True)
     k = min(int(k), Xtr.shape[0])
     nn, nn_sim = cosine_neighbors(
-        torch.from_numpy(Xtr), k, queries=torch.from_numpy(Xte), return_similarity=True
+        torch.from_numpy(Xtr), k, queries=torch.from_numpy(Xte), return_similarity=True,
+        method="exact",
     )
     nn_sim = nn_sim.double()
     # Subtracting the row maximum leaves the argmax unchanged and keeps exp()

@@ -157,3 +157,23 @@ def test_true_label_nmi_checks_length():
     )
     with pytest.raises(ValueError, match="true labels"):
         est.fit(X[:100])
+
+
+def test_weighted_knn_is_exact_above_the_approximate_search_size():
+    # 40,000 training rows: past the size where cosine_neighbors searches
+    # approximately on a CPU. Random labels make every missed neighbour
+    # count, so the score must be the one of the exact vote.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(200, 32))
+    train = (centres[rng.integers(0, 200, 40_000)] + 0.3 * rng.normal(size=(40_000, 32)))
+    test = centres[rng.integers(0, 200, 300)] + 0.3 * rng.normal(size=(300, 32))
+    y_train, y_test = rng.integers(0, 5, 40_000), rng.integers(0, 5, 300)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    sim = (unit(test) @ unit(train).T).astype(np.float32)
+    nn = np.argsort(-sim, axis=1)[:, :50]
+    w = np.exp((np.take_along_axis(sim, nn, 1).astype(np.float64) - sim.max(1, keepdims=True)) / 0.1)
+    votes = np.zeros((300, 5))
+    np.add.at(votes, (np.arange(300)[:, None], y_train[nn]), w)
+    expected = np.mean(votes.argmax(axis=1) == y_test)
+    assert weighted_knn_accuracy(train.astype(np.float32), y_train,
+                                 test.astype(np.float32), y_test) == expected
