@@ -9,8 +9,7 @@ say otherwise) and reports, against the true classes:
   seen in ``fit``), and the fraction of training samples for which
   ``predict(X_train)`` equals ``labels_``;
 * weighted kNN accuracy (k=50, cosine similarity, weights exp(sim/0.1)) and a
-  logistic-regression linear probe on ``transform()`` features, as they are
-  and after ``PCA(whiten=True)`` fitted on the training features;
+  logistic-regression linear probe on ``transform()`` features;
 * wall time, process CPU time and peak resident memory of the process so far;
 * with ``--graph``, a second row for ``BalancedGraphClustering`` on the same
   fit's ``transform`` features (its time added to the fit's);
@@ -48,7 +47,6 @@ import time
 
 import numpy as np
 from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.model_selection import train_test_split
 
@@ -56,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import load_data, machine_info, markdown_table  # noqa: E402
 
 from sklearn_sela import BalancedGraphClustering, SelfLabelClusterer  # noqa: E402
+from sklearn_sela.persistence import save_model  # noqa: E402
 from sklearn_sela.metrics import (  # noqa: E402
     cluster_accuracy,
     linear_probe_accuracy,
@@ -64,7 +63,7 @@ from sklearn_sela.metrics import (  # noqa: E402
 
 GRAPH_LABELS = "BalancedGraphClustering on transform"
 HEADERS = ["dataset", "method", "seed", "ACC", "NMI", "ARI", "test ACC", "test NMI",
-           "predict = labels_", "kNN", "linear", "kNN whitened", "linear whitened",
+           "predict = labels_", "kNN", "linear",
            "fit [s]", "fit CPU [s]", "peak RSS [GB]"]
 
 
@@ -80,11 +79,6 @@ def _feature_scores(Ftr, ytr, Fte, yte, seed):
     knn = weighted_knn_accuracy(Ftr, ytr, Fte, yte, k=50, temperature=0.1)
     lin = linear_probe_accuracy(Ftr, ytr, Fte, yte)
     return knn, lin
-
-
-def _whitened(Ftr, Fte):
-    pca = PCA(whiten=True).fit(Ftr)
-    return pca.transform(Ftr), None if Fte is None else pca.transform(Fte)
 
 
 def _peak_gb():
@@ -109,9 +103,8 @@ def run_kmeans(name, Xtr, ytr, Xte, yte, seed):
     test = _test_scores(yte, None if Xte is None else km.predict(_flat(Xte)))
     same = float(np.mean(km.predict(_flat(Xtr)) == km.labels_))
     knn, lin = _feature_scores(_flat(Xtr), ytr, None if Xte is None else _flat(Xte), yte, seed)
-    nan = float("nan")
     return ([name, "KMeans (raw pixels)", seed, *_scores(ytr, km.labels_), *test, same,
-             knn, lin, nan, nan, dt, dc, _peak_gb()])
+             knn, lin, dt, dc, _peak_gb()])
 
 
 def run_sela(name, Xtr, ytr, Xte, yte, seed, params, label="SelfLabelClusterer"):
@@ -124,10 +117,8 @@ def run_sela(name, Xtr, ytr, Xte, yte, seed, params, label="SelfLabelClusterer")
     Ftr = model.transform(Xtr)
     Fte = None if Xte is None else model.transform(Xte)
     knn, lin = _feature_scores(Ftr, ytr, Fte, yte, seed)
-    Wtr, Wte = _whitened(Ftr, Fte)
-    wknn, wlin = _feature_scores(Wtr, ytr, Wte, yte, seed)
     row = [name, label, seed, *_scores(ytr, model.labels_), *test, same, knn, lin,
-           wknn, wlin, dt, dc, peak]
+           dt, dc, peak]
     return row, model, Ftr
 
 
@@ -139,8 +130,8 @@ def graph_row(row, model, Ftr, ytr, Xte, yte, seed):
     dt, dc = time.perf_counter() - t0, time.process_time() - c0
     test = _test_scores(yte, None if Xte is None else graph.predict(model.transform(Xte)))
     same = float(np.mean(graph.predict(Ftr) == graph.labels_))
-    return (row[:3] + [*_scores(ytr, graph.labels_), *test, same] + row[9:13]
-            + [row[13] + dt, row[14] + dc, _peak_gb()])
+    return (row[:3] + [*_scores(ytr, graph.labels_), *test, same] + row[9:11]
+            + [row[11] + dt, row[12] + dc, _peak_gb()])
 
 
 def _parse_param(text):
@@ -182,6 +173,8 @@ def main_table(args, params):
             row, model, Ftr = run_sela(name, Xtr, ytr, Xte, yte, seed, params)
             rows.append(row)
             print(row, f"epochs={model.n_epochs_}", f"head_={model.head_}", flush=True)
+            if args.save_models:
+                save_model(model, os.path.join(args.save_models, f"{name}_seed{seed}.pt"))
             if args.graph:
                 rows.append(graph_row(row, model, Ftr, ytr, Xte, yte, seed))
                 rows[-1][1] = GRAPH_LABELS
@@ -217,7 +210,7 @@ def ablations(args, params):
         p = dict(params, n_clusters=k, n_heads=t)
         row, model, _ = run_sela(name, Xtr, ytr, Xte, yte, seed, p, label=f"K={k} T={t}")
         fits[k, t] = row, model
-        rows.append([row[1], row[4], row[9], row[13], row[14]])
+        rows.append([row[1], row[4], row[9], row[11], row[12]])
         print(rows[-1], flush=True)
     if rows:
         print()
@@ -234,8 +227,8 @@ def ablations(args, params):
         else:
             row, model, _ = run_sela(name, Xtr, ytr, Xte, yte, seed,
                                      dict(params, n_label_updates=m), label=label)
-        rows2.append([label, model.net_.label_updates_, row[3], row[4], row[9], row[13],
-                      row[14]])
+        rows2.append([label, model.net_.label_updates_, row[3], row[4], row[9], row[11],
+                      row[12]])
         print(rows2[-1], flush=True)
     if rows2:
         print()
@@ -305,6 +298,8 @@ def main(argv=None):
     p.add_argument("--graph", action="store_true",
                    help="also score BalancedGraphClustering on each fit's features")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--save-models", metavar="DIR", default=None,
+                   help="save each fit of the main table to DIR/<dataset>_seed<seed>.pt")
     args = p.parse_args(argv)
     if args.threads:
         import torch

@@ -6,12 +6,12 @@ Balanced clusters of any features
 ``predict`` runs the trained heads. Its
 :meth:`~sklearn_sela.SelfLabelClusterer.transform` features, or those of any
 other embedding, can also be clustered on their own in a
-:class:`~sklearn.pipeline.Pipeline`: here whitened by
-:class:`~sklearn.decomposition.PCA` and partitioned by
+:class:`~sklearn.pipeline.Pipeline`: here partitioned by
 :class:`~sklearn_sela.BalancedGraphClustering`, which runs a balanced
 spherical k-means on the features averaged over their nearest neighbours
 and keeps the run that splits the fewest neighbourhoods. The same pipeline
-works on the features of a pretrained network.
+works on the features of a pretrained network, whitened first with
+``PCA(whiten=True)`` (``transform`` output already is).
 """
 
 # %%
@@ -21,7 +21,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
-from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 
 from sklearn_sela import BalancedGraphClustering, SelfLabelClusterer
@@ -34,27 +33,27 @@ if QUICK:
     X, y = X[:400], y[:400]
 
 # %%
-# Features learned without labels
-# -------------------------------
-# The network's own clusters are ``labels_``; ``transform`` gives the
-# backbone features the clusters were learned on.
-sela = SelfLabelClusterer(n_clusters=10, max_epochs=3 if QUICK else 60, random_state=0)
-features = sela.fit(X).transform(X)
+# Features learned without labels, clustered in a pipeline
+# --------------------------------------------------------
+# The pipeline trains the network (its ``fit_transform`` gives the whitened
+# backbone features of the images) and partitions those features.
+pipe = make_pipeline(
+    SelfLabelClusterer(n_clusters=10, max_epochs=3 if QUICK else 60, random_state=0),
+    BalancedGraphClustering(n_clusters=10, random_state=0),
+)
+graph_labels = pipe.fit_predict(X)
+sela = pipe[0]
+features = sela.transform(X)
 
 # %%
-# Clustering the features
-# -----------------------
-# Three ways to cluster the same features: k-means, the balanced
-# neighbourhood-graph partition, and the same after whitening.
+# Three partitions of the same images
+# -----------------------------------
+# The network's own clusters (``labels_``), k-means on its features, and the
+# balanced neighbourhood-graph partition of the pipeline.
 methods = {
     "SelfLabelClusterer.labels_": sela.labels_,
     "KMeans": KMeans(n_clusters=10, n_init=10, random_state=0).fit_predict(features),
-    "BalancedGraphClustering": BalancedGraphClustering(
-        n_clusters=10, random_state=0).fit_predict(features),
-    "PCA(whiten) +\nBalancedGraphClustering": make_pipeline(
-        PCA(whiten=True, random_state=0),
-        BalancedGraphClustering(n_clusters=10, random_state=0),
-    ).fit_predict(features),
+    "BalancedGraphClustering": graph_labels,
 }
 scores = {name: clustering_scores(y, labels) for name, labels in methods.items()}
 for name, s in scores.items():

@@ -46,10 +46,10 @@ random_labels = SelfLabelClusterer(n_clusters=30, n_heads=3, max_epochs=max_epoc
 # A classifier on the features
 # ----------------------------
 # ``transform`` makes the fitted clusterer a feature extractor; here a
-# logistic regression is trained on its output, with the true labels. For
-# nearest-neighbour classifiers, whitening the features first
-# (``PCA(whiten=True)``) gives every direction in which they vary the same
-# weight; see "Balanced clusters of any features" for a pipeline.
+# logistic regression is trained on its output, with the true labels. The
+# features come whitened by their statistics on the training data, so that
+# every direction in which they vary weighs the same in the cosine
+# similarity of a nearest-neighbour classifier.
 F_train, F_test = sela.transform(X_train), sela.transform(X_test)
 clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(F_train, y_train)
 print(f"logistic regression on SeLa features: {clf.score(F_test, y_test):.3f}")

@@ -15,8 +15,10 @@ import copy
 import math
 import numbers
 
+import numpy as np
 import torch
 import torchvision
+from sklearn.covariance import ledoit_wolf
 from torch import nn
 
 from .data import InputInfo
@@ -28,6 +30,7 @@ __all__ = [
     "ConvNet",
     "AlexNetFeatures",
     "MultiHeadNet",
+    "FeatureWhitening",
 ]
 
 BACKBONE_NAMES = ("auto", "mlp", "convnet", "alexnet", "resnet18", "resnet50")
@@ -363,6 +366,62 @@ def make_backbone(spec, info, *, projection=False):
     return _resnet(name, channels, (height, width))
 
 
+class FeatureWhitening(nn.Module):
+    """Whitening of features by the statistics of a fitted set: ``(x - mean) @ matrix``.
+
+    After :meth:`fit`, the fitted features have zero mean and (nearly)
+    identity covariance, so every direction in which they vary counts the
+    same in a dot product or a distance: the few directions of largest
+    variance no longer dominate cosine similarity. ``matrix`` is the ZCA
+    whitening matrix ``C^{-1/2}`` of the Ledoit-Wolf covariance estimate
+    ``C``, whose shrinkage keeps it well conditioned when there are few
+    samples for the dimension. Before :meth:`fit` it is the identity map.
+
+    Parameters
+    ----------
+    dim : int
+        Feature dimension ``D``.
+
+    Attributes
+    ----------
+    mean : torch.Tensor of shape (D,)
+        Buffer: the fitted features' mean.
+    matrix : torch.Tensor of shape (D, D)
+        Buffer: the symmetric whitening matrix.
+    """
+
+    def __init__(self, dim):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("matrix", torch.eye(dim))
+
+    @torch.no_grad()
+    def fit(self, features):
+        """Set the buffers from ``features``, an ``(N, D)`` array.
+
+        ``O(N D^2 + D^3)`` time, ``O(N D)`` extra memory. Directions with no
+        variance at all are mapped to zero.
+
+        Returns
+        -------
+        self : FeatureWhitening
+        """
+        features = np.asarray(features)
+        mean = features.mean(axis=0, dtype=np.float64)
+        covariance = ledoit_wolf(features, assume_centered=False)[0].astype(np.float64)
+        variances, vectors = np.linalg.eigh(covariance)
+        keep = variances > np.finfo(np.float32).eps * max(float(variances.max()), 0.0)
+        scale = np.zeros_like(variances)
+        scale[keep] = 1.0 / np.sqrt(variances[keep])
+        self.mean.copy_(torch.from_numpy(mean))
+        self.matrix.copy_(torch.from_numpy((vectors * scale) @ vectors.T))
+        return self
+
+    def forward(self, x):
+        """Whiten ``(B, D)`` features (computed in float32)."""
+        return (x.float() - self.mean) @ self.matrix
+
+
 class MultiHeadNet(nn.Module):
     """A backbone with ``T`` classification heads, optionally behind a projection.
 
@@ -373,7 +432,9 @@ class MultiHeadNet(nn.Module):
     L2-normalised embedding with each head's L2-normalised weight rows (one
     prototype per cluster), divided by the temperature, as in the SeLa-v2
     variant of Caron et al. (2020, SwAV, appendix). Either way the
-    features used downstream are the backbone's, before any projection.
+    features used downstream are the backbone's, before any projection;
+    ``whitening`` holds their whitening by the training statistics, set
+    after training (:meth:`FeatureWhitening.fit`).
 
     Parameters
     ----------
@@ -407,6 +468,8 @@ class MultiHeadNet(nn.Module):
     embed_dim : int
         Width of the embedding the heads read (``projection[-1]``, or
         ``feature_dim``).
+    whitening : FeatureWhitening
+        Whitening of the backbone features (the identity until fitted).
     temperature : float or None
         As given.
     """
@@ -443,6 +506,7 @@ class MultiHeadNet(nn.Module):
         self.heads = nn.ModuleList(
             nn.Linear(width, k, bias=not cosine) for k in self.n_clusters
         )
+        self.whitening = FeatureWhitening(self.feature_dim)
 
     def embed(self, features):
         """Map backbone features to what the heads read.

@@ -231,7 +231,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         The head :meth:`predict`, :meth:`predict_proba` and :meth:`score`
         use: of the heads with ``n_clusters_[0]`` clusters, the one whose
         predicted clusters hold the largest fraction of each training
-        sample's 30 nearest neighbours (cosine, centred features).
+        sample's 30 nearest neighbours (cosine, centred features before
+        whitening).
 
     labels_all_ : ndarray of shape (n_samples, n_heads)
         The last self-labels of every head (the training targets).
@@ -563,6 +564,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         # The cluster balancing of predict: one solve of the transport
         # problem on each head's predictions for the training data.
         features, log_probas = self._forward(base)
+        net.module_.whitening.fit(features)
         self.log_betas_ = [
             np.asarray(sinkhorn_knopp(
                 torch.from_numpy(lp), lam=net.lam, tol=_SINKHORN_TOL
@@ -590,10 +592,11 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # -- inference --------------------------------------------------------
     @torch.no_grad()
-    def _forward(self, base, features=True, probas=True, heads=None):
+    def _forward(self, base, features=True, probas=True, heads=None, whiten=False):
         """One network pass over a dataset from :meth:`_dataset`: the
-        backbone features and/or the log-probabilities of ``heads`` (all
-        when None), concatenated over batches (numpy)."""
+        backbone features (``whiten``: whitened) and/or the
+        log-probabilities of ``heads`` (all when None), concatenated over
+        batches (numpy)."""
         net = self.net_
         module = net.module_
         module.eval()
@@ -602,7 +605,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         for batch in net.get_iterator(AugmentedDataset(base), training=False):
             f = module.features(batch[0].to(net.device))
             if features:
-                feats.append(f.float().cpu())
+                feats.append((module.whitening(f) if whiten else f.float()).cpu())
             if probas:
                 z = module.embed(f)
                 probs.append([
@@ -695,10 +698,15 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         return self.predict_proba(X, head=head).argmax(axis=1)
 
     def transform(self, X):
-        """Backbone features ``phi(x)`` for downstream models.
+        """Backbone features ``phi(x)``, whitened, for downstream models.
 
-        For kNN or cosine similarity, whitening them often helps:
-        ``make_pipeline(model, PCA(whiten=True))``.
+        The features are whitened by their statistics on the training data
+        (zero mean, nearly identity covariance there; see
+        :class:`~sklearn_sela.backbones.FeatureWhitening`), so that every
+        direction the network learned counts the same in the cosine
+        similarity or distance of a nearest-neighbour search. The map is
+        affine and invertible: an unregularised linear model fits the same
+        on either.
 
         Parameters
         ----------
@@ -710,7 +718,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         features : ndarray of shape (n_samples, n_features_out)
             float32.
         """
-        return self._forward(self._new_data(X), probas=False)[0]
+        return self._forward(self._new_data(X), probas=False, whiten=True)[0]
 
     def fit_transform(self, X, y=None):
         """Fit, then return the features of ``X`` (see :meth:`transform`)."""

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -8,6 +9,7 @@ from sklearn_sela.backbones import (
     MLP,
     AlexNetFeatures,
     ConvNet,
+    FeatureWhitening,
     MultiHeadNet,
     make_backbone,
 )
@@ -201,3 +203,22 @@ def test_cosine_heads_behind_a_projection():
         net.heads[0].weight.mul_(7.0)
         torch.testing.assert_close(net(x)[0], logits[0])
         torch.testing.assert_close(net.head_logits(1, z), logits[1])
+
+
+def test_feature_whitening_gives_zero_mean_and_identity_covariance():
+    rng = np.random.default_rng(0)
+    rotation = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    scales = np.array([3.0, 2.0, 1.0, 0.5, 0.4, 0.3])
+    x = ((rng.normal(size=(20000, 6)) * scales) @ rotation + 5.0).astype(np.float32)
+    x[:, 2] = 7.0  # a feature that never varies
+    whitening = FeatureWhitening(6)
+    torch.testing.assert_close(whitening(torch.from_numpy(x)), torch.from_numpy(x))  # identity
+    z = whitening.fit(x)(torch.from_numpy(x)).double().numpy()
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(z[:, 2], 0, atol=1e-4)  # no variance: mapped to zero
+    cov = np.cov(np.delete(z, 2, axis=1).T)
+    np.testing.assert_allclose(cov, np.eye(5), atol=0.02)
+    # ZCA: the matrix is symmetric, so whitened features stay aligned with the inputs.
+    torch.testing.assert_close(whitening.matrix, whitening.matrix.T)
+    assert "whitening.matrix" in MultiHeadNet(nn.Linear(6, 6), 6, [2]).state_dict()

@@ -463,13 +463,14 @@ def test_pipeline_linear_probe(digits):
 def test_labels_are_the_predictions_of_the_chosen_head(digits):
     # labels_ is predict(X_train) to the bit, and predict is the argmax of
     # the head whose clusters split the fewest 30-neighbourhoods of the
-    # training features.
+    # centred training features (before transform's whitening).
     X, _ = digits
     X, Xnew = X[:300], X[300:]
     est = SelfLabelClusterer(n_clusters=10, n_heads=3, **dict(FAST, random_state=2)).fit(X)
     np.testing.assert_array_equal(est.labels_, est.predict(X))
     probas = est.predict_proba_heads(X)
-    F = torch.from_numpy(est.transform(X))
+    with torch.no_grad():
+        F = est.net_.module_.features(torch.from_numpy(X))
     graph = cosine_neighbors(F - F.mean(dim=0), 30, exclude_self=True)
     agreement = [neighbor_agreement(torch.from_numpy(p.argmax(axis=1)), graph) for p in probas]
     assert est.head_ == int(np.argmax(agreement))
@@ -479,6 +480,25 @@ def test_labels_are_the_predictions_of_the_chosen_head(digits):
     np.testing.assert_array_equal(est.predict(Xnew), est.predict_proba(Xnew).argmax(axis=1))
     other = (est.head_ + 1) % 3
     assert est.score(Xnew) != est.score(Xnew, head=other)
+
+
+def test_transform_is_the_features_whitened_by_their_training_statistics(digits):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=10, n_heads=1, **FAST).fit(X)
+    module = est.net_.module_
+    with torch.no_grad():
+        raw = module.features(torch.from_numpy(X)).numpy()
+    F = est.transform(X)
+    np.testing.assert_allclose(F, (raw - module.whitening.mean.numpy()) @ module.whitening.matrix.numpy(),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(F.mean(axis=0), 0, atol=1e-3)
+    # Every direction counts: the spread of the variances shrinks from the
+    # raw features' to near one (the shrinkage keeps a little of it).
+    var_raw, var = np.linalg.eigvalsh(np.cov(raw.T)), np.linalg.eigvalsh(np.cov(F.T))
+    kept = var_raw > 1e-6 * var_raw.max()
+    assert var[kept].max() / var[kept].min() < 0.1 * var_raw[kept].max() / var_raw[kept].min()
+    # It belongs to the fitted model: pickles keep it.
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(est)).transform(X[:20]), F[:20])
 
 
 def _unit_means(x, labels, k):
