@@ -18,7 +18,7 @@ import numbers
 import numpy as np
 import torch
 import torchvision
-from sklearn.covariance import ledoit_wolf
+from sklearn.covariance import LedoitWolf
 from torch import nn
 
 from .data import InputInfo
@@ -406,14 +406,12 @@ class FeatureWhitening(nn.Module):
         -------
         self : FeatureWhitening
         """
-        features = np.asarray(features)
-        mean = features.mean(axis=0, dtype=np.float64)
-        covariance = ledoit_wolf(features, assume_centered=False)[0].astype(np.float64)
-        variances, vectors = np.linalg.eigh(covariance)
+        estimate = LedoitWolf(store_precision=False).fit(features)
+        variances, vectors = np.linalg.eigh(estimate.covariance_.astype(np.float64))
         keep = variances > np.finfo(np.float32).eps * max(float(variances.max()), 0.0)
         scale = np.zeros_like(variances)
         scale[keep] = 1.0 / np.sqrt(variances[keep])
-        self.mean.copy_(torch.from_numpy(mean))
+        self.mean.copy_(torch.from_numpy(estimate.location_))
         self.matrix.copy_(torch.from_numpy((vectors * scale) @ vectors.T))
         return self
 

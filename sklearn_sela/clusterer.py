@@ -705,8 +705,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         :class:`~sklearn_sela.backbones.FeatureWhitening`), so that every
         direction the network learned counts the same in the cosine
         similarity or distance of a nearest-neighbour search. The map is
-        affine and invertible: an unregularised linear model fits the same
-        on either.
+        affine and invertible on the directions the features vary in, so an
+        unregularised linear model fits the same on either.
 
         Parameters
         ----------

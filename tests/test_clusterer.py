@@ -489,8 +489,8 @@ def test_transform_is_the_features_whitened_by_their_training_statistics(digits)
     with torch.no_grad():
         raw = module.features(torch.from_numpy(X)).numpy()
     F = est.transform(X)
-    np.testing.assert_allclose(F, (raw - module.whitening.mean.numpy()) @ module.whitening.matrix.numpy(),
-                               rtol=1e-4, atol=1e-4)
+    whitened = (raw - module.whitening.mean.numpy()) @ module.whitening.matrix.numpy()
+    np.testing.assert_allclose(F, whitened, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(F.mean(axis=0), 0, atol=1e-3)
     # Every direction counts: the spread of the variances shrinks from the
     # raw features' to near one (the shrinkage keeps a little of it).

@@ -171,7 +171,8 @@ def test_weighted_knn_is_exact_above_the_approximate_search_size():
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     sim = (unit(test) @ unit(train).T).astype(np.float32)
     nn = np.argsort(-sim, axis=1)[:, :50]
-    w = np.exp((np.take_along_axis(sim, nn, 1).astype(np.float64) - sim.max(1, keepdims=True)) / 0.1)
+    top = np.take_along_axis(sim, nn, 1).astype(np.float64)
+    w = np.exp((top - sim.max(1, keepdims=True)) / 0.1)
     votes = np.zeros((300, 5))
     np.add.at(votes, (np.arange(300)[:, None], y_train[nn]), w)
     expected = np.mean(votes.argmax(axis=1) == y_test)
