@@ -109,10 +109,11 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     predictions over the sample's nearest neighbours in feature space
     (``label_neighbors``), and at three quarters of training a label
     transfer replaces each head's labels by a balanced k-means of the
-    features (averaged over 8 augmented views and over their neighbourhood
-    graph, refined in its spectral embedding up to 50 clusters), started
-    from the head's clusters; the heads learn that partition in the
-    remaining epochs.
+    whitened features (averaged over 8 augmented views and over their
+    neighbourhood graph, refined in its spectral embedding up to 50
+    clusters), started from the head's clusters or, up to 50 clusters, from
+    10 k-means++ seedings if one of those splits fewer neighbourhoods; the
+    heads learn that partition in the remaining epochs.
     After training, the head whose clusters split the fewest neighbourhoods
     of the training samples is the one that :meth:`predict` uses
     (``head_``). Measured effects: :ref:`benchmarks-quality`.

@@ -20,12 +20,14 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import normalized_mutual_info_score
 from torch.utils.data import Subset
 
-from .backbones import MultiHeadNet
+from .backbones import FeatureWhitening, MultiHeadNet
 from .data import AugmentedDataset, DeviceBatches, split_batch_transform
 from .assigner import SinkhornAssigner, cluster_centers
 from .collectives import all_gather_rows, collective_device, local_shard
 from .distributed import broadcast_buffers, get_process_group, unwrap_module
-from .neighbors import average_over_neighbors, cosine_neighbors, smooth_over_neighbors
+from .neighbors import (
+    average_over_neighbors, cosine_neighbors, neighbor_agreement, smooth_over_neighbors,
+)
 from .spectral import neighbor_spectral_embedding
 from .sinkhorn import sinkhorn_knopp
 
@@ -42,6 +44,9 @@ _TRANSFER_MAX_ITER = 20
 # eigensolve grows with K squared).
 _TRANSFER_VIEWS = 8
 _TRANSFER_SPECTRAL_MAX = 50
+# Up to _TRANSFER_SPECTRAL_MAX clusters, k-means restarts (k-means++ seeded)
+# that compete with each head's own partition by neighbour agreement.
+_TRANSFER_N_INIT = 10
 
 
 class SelfLabelNet(NeuralNet):
@@ -520,21 +525,26 @@ class SelfLabelNet(NeuralNet):
         The backbone features of each training sample, scaled to unit length
         and averaged over ``_TRANSFER_VIEWS`` randomly augmented views (the
         training augmentation of ``dataset``; the plain sample without one),
-        are averaged ``_TRANSFER_SMOOTHING`` times over each sample's
-        ``_TRANSFER_NEIGHBORS`` nearest neighbours (cosine, centred features;
+        are whitened by their own statistics
+        (:class:`~sklearn_sela.backbones.FeatureWhitening`) and averaged
+        ``_TRANSFER_SMOOTHING`` times over each sample's
+        ``_TRANSFER_NEIGHBORS`` nearest neighbours (cosine;
         :func:`~sklearn_sela.neighbors.smooth_over_neighbors`), so that what
         a neighbourhood shares stays and what sets a sample apart fades. For
         each head, a balanced spherical k-means
         (:class:`~sklearn_sela.assigner.SinkhornAssigner`, the same
         equipartition) on the result starts from the centres of the head's
-        current clusters, so the heads keep their own partitions and a large
-        K needs no k-means++ seeding. Up to ``_TRANSFER_SPECTRAL_MAX``
-        clusters, the partition is then refined by the same k-means in the
-        spectral embedding of the neighbour graph
+        current clusters, so a large K needs no k-means++ seeding. Up to
+        ``_TRANSFER_SPECTRAL_MAX`` clusters, the partition is then refined
+        by the same k-means in the spectral embedding of the neighbour graph
         (:func:`~sklearn_sela.spectral.neighbor_spectral_embedding`), where
-        clusters follow its connected regions. Cosine heads then get the
-        unit mean embedding of each new cluster as its prototype, so that
-        they predict the new partition from the first batch on.
+        clusters follow its connected regions, and it competes with
+        ``_TRANSFER_N_INIT`` runs seeded by k-means++ (shared by the heads
+        of one K): the head takes the partition that splits the fewest
+        neighbourhoods (:func:`~sklearn_sela.neighbors.neighbor_agreement`).
+        Cosine heads then get the unit mean embedding of each new cluster as
+        its prototype, so that they predict the new partition from the
+        first batch on.
 
         Parameters
         ----------
@@ -564,49 +574,63 @@ class SelfLabelNet(NeuralNet):
         feats = self.training_features(dataset) if cosine or not views else None
         x = self.training_features(augmented, _TRANSFER_VIEWS) if views else feats
         n = len(x)
-        x = x.to(self.device)
-        neighbors = cosine_neighbors(
-            x - x.mean(dim=0), min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True
-        )
+        # Whitened, every direction the features vary in counts the same in
+        # the neighbour graph and the k-means.
+        x = FeatureWhitening(x.shape[1]).fit(x.numpy())(x).to(self.device)
+        neighbors = cosine_neighbors(x, min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True)
         smoothed = torch.nn.functional.normalize(
             smooth_over_neighbors(
                 torch.nn.functional.normalize(x, dim=1), neighbors, _TRANSFER_SMOOTHING
             ),
             dim=1,
         ).cpu().numpy()
+        neighbors = neighbors.cpu()
         if cosine:
             embedding = torch.cat([  # unit rows, as the heads read them
                 module.embed(block.to(self.device)).float().cpu()
                 for block in feats.split(max(1, (1 << 22) // feats.shape[1]))
             ]).numpy()
+        seed = int(self.label_seed)
         # Unit rows of the leading eigenvectors of the graph, per K.
         spectral = {
-            k: neighbor_spectral_embedding(neighbors.cpu(), k, random_state=int(self.label_seed))
+            k: neighbor_spectral_embedding(neighbors, k, random_state=seed)
             for k in set(self.n_clusters) if 1 < k <= _TRANSFER_SPECTRAL_MAX and n > k
         }
-        iterations = []
-        for t, k in enumerate(self.n_clusters):
-            labels = previous[:, t].numpy()
+
+        def partition(k, labels=None, random_state=None):
+            """Balanced k-means of the smoothed features from the centres of
+            ``labels`` (k-means++ without), then in the spectral embedding,
+            where clusters follow the graph's connected regions."""
             run = None
             for space in (smoothed, spectral.get(k)):
                 if space is None:
                     continue
-                # The balanced k-means from the centres of the current
-                # clusters; in the spectral embedding, clusters follow the
-                # graph's connected regions.
-                init = cluster_centers(space, labels, np.zeros((k, space.shape[1]), space.dtype),
-                                       "cosine")
+                init = "k-means++" if labels is None else cluster_centers(
+                    space, labels, np.zeros((k, space.shape[1]), space.dtype), "cosine")
                 step = SinkhornAssigner(
-                    n_clusters=k, metric="cosine", init=init, max_iter=_TRANSFER_MAX_ITER
+                    n_clusters=k, metric="cosine", init=init, max_iter=_TRANSFER_MAX_ITER,
+                    random_state=random_state,
                 ).fit(space)
                 labels, run = step.labels_, run or step
+            return labels, int(run.n_iter_)
+
+        restarts = {k: [partition(k, random_state=seed + i) for i in range(_TRANSFER_N_INIT)]
+                    for k in spectral}
+        iterations = []
+        for t, k in enumerate(self.n_clusters):
+            # The head's own partition, or a restart whose clusters split
+            # fewer neighbourhoods (max keeps the first of equal ones).
+            labels, n_iter = max(
+                [partition(k, previous[:, t].numpy())] + restarts.get(k, []),
+                key=lambda run: neighbor_agreement(torch.as_tensor(run[0]), neighbors),
+            )
             self.labels_[:, t] = torch.as_tensor(labels, dtype=torch.int64)
             if cosine:
                 weight = module.heads[t].weight
                 weight.copy_(torch.from_numpy(
                     cluster_centers(embedding, labels, weight.detach().cpu().numpy(), "cosine")
                 ))
-            iterations.append(int(run.n_iter_))
+            iterations.append(n_iter)
         info = self.label_update_info(previous, [], start)
         info["kmeans_iter"] = iterations
         return info
