@@ -576,7 +576,13 @@ class SelfLabelNet(NeuralNet):
         n = len(x)
         # Whitened, every direction the features vary in counts the same in
         # the neighbour graph and the k-means.
-        x = FeatureWhitening(x.shape[1]).fit(x.numpy())(x).to(self.device)
+        if not bool(torch.isfinite(x).all()):
+            raise FloatingPointError(
+                f"The features became infinite in epoch {len(self.history)}: training "
+                f"diverged. Try a smaller learning rate than lr={self.lr:g}."
+            )
+        # (statistics in float64: the squares of large features overflow float32)
+        x = FeatureWhitening(x.shape[1]).fit(x.double().numpy())(x).to(self.device)
         neighbors = cosine_neighbors(x, min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True)
         smoothed = torch.nn.functional.normalize(
             smooth_over_neighbors(
