@@ -25,9 +25,8 @@ from .data import AugmentedDataset, DeviceBatches, split_batch_transform
 from .assigner import SinkhornAssigner, cluster_centers
 from .collectives import all_gather_rows, collective_device, local_shard
 from .distributed import broadcast_buffers, get_process_group, unwrap_module
-from .neighbors import (
-    average_over_neighbors, cosine_neighbors, neighbor_agreement, smooth_over_neighbors,
-)
+from .neighbors import average_over_neighbors, cosine_neighbors, neighbor_agreement
+from .neighbors import smooth_over_neighbors
 from .spectral import neighbor_spectral_embedding
 from .sinkhorn import sinkhorn_knopp
 
@@ -577,10 +576,9 @@ class SelfLabelNet(NeuralNet):
         # Whitened, every direction the features vary in counts the same in
         # the neighbour graph and the k-means.
         if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(
-                f"The features became infinite in epoch {len(self.history)}: training "
-                f"diverged. Try a smaller learning rate than lr={self.lr:g}."
-            )
+            raise FloatingPointError(f"The features became infinite in epoch {len(self.history)}: "
+                                     "training diverged. Try a smaller learning rate than "
+                                     f"lr={self.lr:g}.")
         # (statistics in float64: the squares of large features overflow float32)
         x = FeatureWhitening(x.shape[1]).fit(x.double().numpy())(x).to(self.device)
         neighbors = cosine_neighbors(x, min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True)
