@@ -406,7 +406,8 @@ class FeatureWhitening(nn.Module):
         -------
         self : FeatureWhitening
         """
-        estimate = LedoitWolf(store_precision=False).fit(features)
+        # float64: the squares of large float32 features overflow.
+        estimate = LedoitWolf(store_precision=False).fit(np.asarray(features, np.float64))
         variances, vectors = np.linalg.eigh(estimate.covariance_.astype(np.float64))
         keep = variances > np.finfo(np.float32).eps * max(float(variances.max()), 0.0)
         scale = np.zeros_like(variances)

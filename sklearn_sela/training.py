@@ -573,14 +573,13 @@ class SelfLabelNet(NeuralNet):
         feats = self.training_features(dataset) if cosine or not views else None
         x = self.training_features(augmented, _TRANSFER_VIEWS) if views else feats
         n = len(x)
-        # Whitened, every direction the features vary in counts the same in
-        # the neighbour graph and the k-means.
         if not bool(torch.isfinite(x).all()):
             raise FloatingPointError(f"The features became infinite in epoch {len(self.history)}: "
                                      "training diverged. Try a smaller learning rate than "
                                      f"lr={self.lr:g}.")
-        # (statistics in float64: the squares of large features overflow float32)
-        x = FeatureWhitening(x.shape[1]).fit(x.double().numpy())(x).to(self.device)
+        # Whitened, every direction the features vary in counts the same in
+        # the neighbour graph and the k-means.
+        x = FeatureWhitening(x.shape[1]).fit(x.numpy())(x).to(self.device)
         neighbors = cosine_neighbors(x, min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True)
         smoothed = torch.nn.functional.normalize(
             smooth_over_neighbors(
@@ -604,7 +603,8 @@ class SelfLabelNet(NeuralNet):
         def partition(k, labels=None, random_state=None):
             """Balanced k-means of the smoothed features from the centres of
             ``labels`` (k-means++ without), then in the spectral embedding,
-            where clusters follow the graph's connected regions."""
+            where clusters follow the graph's connected regions. Returns its
+            neighbour agreement, labels and k-means iterations."""
             run = None
             for space in (smoothed, spectral.get(k)):
                 if space is None:
@@ -616,7 +616,7 @@ class SelfLabelNet(NeuralNet):
                     random_state=random_state,
                 ).fit(space)
                 labels, run = step.labels_, run or step
-            return labels, int(run.n_iter_)
+            return neighbor_agreement(torch.as_tensor(labels), neighbors), labels, int(run.n_iter_)
 
         restarts = {k: [partition(k, random_state=seed + i) for i in range(_TRANSFER_N_INIT)]
                     for k in spectral}
@@ -624,10 +624,8 @@ class SelfLabelNet(NeuralNet):
         for t, k in enumerate(self.n_clusters):
             # The head's own partition, or a restart whose clusters split
             # fewer neighbourhoods (max keeps the first of equal ones).
-            labels, n_iter = max(
-                [partition(k, previous[:, t].numpy())] + restarts.get(k, []),
-                key=lambda run: neighbor_agreement(torch.as_tensor(run[0]), neighbors),
-            )
+            _, labels, n_iter = max([partition(k, previous[:, t].numpy())] + restarts.get(k, []),
+                                    key=lambda run: run[0])
             self.labels_[:, t] = torch.as_tensor(labels, dtype=torch.int64)
             if cosine:
                 weight = module.heads[t].weight
