@@ -408,7 +408,7 @@ class FeatureWhitening(nn.Module):
         """
         # float64: the squares of large float32 features overflow.
         estimate = LedoitWolf(store_precision=False).fit(np.asarray(features, np.float64))
-        variances, vectors = np.linalg.eigh(estimate.covariance_.astype(np.float64))
+        variances, vectors = np.linalg.eigh(estimate.covariance_)
         keep = variances > np.finfo(np.float32).eps * max(float(variances.max()), 0.0)
         scale = np.zeros_like(variances)
         scale[keep] = 1.0 / np.sqrt(variances[keep])
