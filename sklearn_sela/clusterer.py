@@ -112,8 +112,10 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     whitened features (averaged over 8 augmented views and over their
     neighbourhood graph, refined in its spectral embedding up to 50
     clusters), started from the head's clusters or, up to 50 clusters, from
-    10 k-means++ seedings if one of those splits fewer neighbourhoods; the
-    heads learn that partition in the remaining epochs.
+    10 k-means++ seedings if one of those splits fewer neighbourhoods (above
+    50, the heads of one K share one k-means, from the head partition that
+    splits the fewest); the heads learn that partition in the remaining
+    epochs.
     After training, the head whose clusters split the fewest neighbourhoods
     of the training samples is the one that :meth:`predict` uses
     (``head_``). Measured effects: :ref:`benchmarks-quality`.

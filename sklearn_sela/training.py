@@ -40,7 +40,8 @@ _TRANSFER_SMOOTHING = 4
 _TRANSFER_MAX_ITER = 20
 # Augmented views whose unit features are averaged for the transfer, and the
 # largest K refined in the spectral embedding of the neighbour graph (its
-# eigensolve grows with K squared).
+# eigensolve grows with K squared); above it, the heads of one K share one
+# k-means (each iteration is an N x K transport solve).
 _TRANSFER_VIEWS = 8
 _TRANSFER_SPECTRAL_MAX = 50
 # Up to _TRANSFER_SPECTRAL_MAX clusters, k-means restarts (k-means++ seeded)
@@ -529,21 +530,22 @@ class SelfLabelNet(NeuralNet):
         ``_TRANSFER_SMOOTHING`` times over each sample's
         ``_TRANSFER_NEIGHBORS`` nearest neighbours (cosine;
         :func:`~sklearn_sela.neighbors.smooth_over_neighbors`), so that what
-        a neighbourhood shares stays and what sets a sample apart fades. For
-        each head, a balanced spherical k-means
+        a neighbourhood shares stays and what sets a sample apart fades. A
+        balanced spherical k-means
         (:class:`~sklearn_sela.assigner.SinkhornAssigner`, the same
-        equipartition) on the result starts from the centres of the head's
-        current clusters, so a large K needs no k-means++ seeding. Up to
-        ``_TRANSFER_SPECTRAL_MAX`` clusters, the partition is then refined
-        by the same k-means in the spectral embedding of the neighbour graph
+        equipartition) on the result starts from the centres of a head's
+        clusters, so a large K needs no k-means++ seeding. Up to
+        ``_TRANSFER_SPECTRAL_MAX`` clusters, each head's is then refined by
+        the same k-means in the spectral embedding of the neighbour graph
         (:func:`~sklearn_sela.spectral.neighbor_spectral_embedding`), where
-        clusters follow its connected regions, and it competes with
+        clusters follow its connected regions, and competes with
         ``_TRANSFER_N_INIT`` runs seeded by k-means++ (shared by the heads
-        of one K): the head takes the partition that splits the fewest
+        of one K): the head takes the one that splits the fewest
         neighbourhoods (:func:`~sklearn_sela.neighbors.neighbor_agreement`).
-        Cosine heads then get the unit mean embedding of each new cluster as
-        its prototype, so that they predict the new partition from the
-        first batch on.
+        Above, all heads of one K take one k-means, from that of their
+        partitions that splits the fewest. Cosine heads then get the unit
+        mean embedding of each new cluster as its prototype, so that they
+        predict the new partition from the first batch on.
 
         Parameters
         ----------
@@ -577,16 +579,12 @@ class SelfLabelNet(NeuralNet):
             raise FloatingPointError(f"The features became infinite in epoch {len(self.history)}: "
                                      "training diverged. Try a smaller learning rate than "
                                      f"lr={self.lr:g}.")
-        # Whitened, every direction the features vary in counts the same in
-        # the neighbour graph and the k-means.
+        # Whitened, every direction counts the same in the graph and k-means.
         x = FeatureWhitening(x.shape[1]).fit(x.numpy())(x).to(self.device)
         neighbors = cosine_neighbors(x, min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True)
-        smoothed = torch.nn.functional.normalize(
-            smooth_over_neighbors(
-                torch.nn.functional.normalize(x, dim=1), neighbors, _TRANSFER_SMOOTHING
-            ),
-            dim=1,
-        ).cpu().numpy()
+        unit = torch.nn.functional.normalize
+        smoothed = unit(smooth_over_neighbors(unit(x, dim=1), neighbors, _TRANSFER_SMOOTHING),
+                        dim=1).cpu().numpy()
         neighbors = neighbors.cpu()
         if cosine:
             embedding = torch.cat([  # unit rows, as the heads read them
@@ -602,13 +600,10 @@ class SelfLabelNet(NeuralNet):
 
         def partition(k, labels=None, random_state=None):
             """Balanced k-means of the smoothed features from the centres of
-            ``labels`` (k-means++ without), then in the spectral embedding,
-            where clusters follow the graph's connected regions. Returns its
-            neighbour agreement, labels and k-means iterations."""
+            ``labels`` (k-means++ without), then of the spectral embedding.
+            Returns its neighbour agreement, labels and k-means iterations."""
             run = None
-            for space in (smoothed, spectral.get(k)):
-                if space is None:
-                    continue
+            for space in [smoothed] + ([spectral[k]] if k in spectral else []):
                 init = "k-means++" if labels is None else cluster_centers(
                     space, labels, np.zeros((k, space.shape[1]), space.dtype), "cosine")
                 step = SinkhornAssigner(
@@ -620,12 +615,19 @@ class SelfLabelNet(NeuralNet):
 
         restarts = {k: [partition(k, random_state=seed + i) for i in range(_TRANSFER_N_INIT)]
                     for k in spectral}
+        # Large K: the heads of one K share one k-means, from that of their
+        # partitions that splits the fewest neighbourhoods.
+        by_k = {k: [previous[:, t] for t, kt in enumerate(self.n_clusters) if kt == k]
+                for k in set(self.n_clusters) if k > _TRANSFER_SPECTRAL_MAX}
+        shared = {k: partition(k, max(ys, key=lambda y: neighbor_agreement(y, neighbors)).numpy())
+                  for k, ys in by_k.items()}
         iterations = []
         for t, k in enumerate(self.n_clusters):
             # The head's own partition, or a restart whose clusters split
             # fewer neighbourhoods (max keeps the first of equal ones).
-            _, labels, n_iter = max([partition(k, previous[:, t].numpy())] + restarts.get(k, []),
-                                    key=lambda run: run[0])
+            _, labels, n_iter = shared[k] if k in shared else max(
+                [partition(k, previous[:, t].numpy())] + restarts.get(k, []),
+                key=lambda run: run[0])
             self.labels_[:, t] = torch.as_tensor(labels, dtype=torch.int64)
             if cosine:
                 weight = module.heads[t].weight
