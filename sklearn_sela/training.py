@@ -570,8 +570,7 @@ class SelfLabelNet(NeuralNet):
         views = (_TRANSFER_VIEWS and isinstance(augmented, AugmentedDataset)
                  and augmented.transform is not None)
         cosine = isinstance(module, MultiHeadNet) and module.temperature is not None
-        # The plain features: what the prototypes come from, and what is
-        # partitioned without augmentation.
+        # Plain features: the prototypes' source, and partitioned without views.
         feats = self.training_features(dataset) if cosine or not views else None
         x = self.training_features(augmented, _TRANSFER_VIEWS) if views else feats
         n = len(x)
@@ -579,7 +578,6 @@ class SelfLabelNet(NeuralNet):
             raise FloatingPointError(f"The features became infinite in epoch {len(self.history)}: "
                                      "training diverged. Try a smaller learning rate than "
                                      f"lr={self.lr:g}.")
-        # Whitened, every direction counts the same in the graph and k-means.
         x = FeatureWhitening(x.shape[1]).fit(x.numpy())(x).to(self.device)
         neighbors = cosine_neighbors(x, min(_TRANSFER_NEIGHBORS, n - 1), exclude_self=True)
         unit = torch.nn.functional.normalize
@@ -604,8 +602,11 @@ class SelfLabelNet(NeuralNet):
             Returns its neighbour agreement, labels and k-means iterations."""
             run = None
             for space in [smoothed] + ([spectral[k]] if k in spectral else []):
+                # A cluster the head left empty starts at a sample (at zero,
+                # it scores 0 everywhere and the transport solves crawl).
                 init = "k-means++" if labels is None else cluster_centers(
-                    space, labels, np.zeros((k, space.shape[1]), space.dtype), "cosine")
+                    space, labels, space[np.random.default_rng(seed).choice(n, k, replace=False)],
+                    "cosine")
                 step = SinkhornAssigner(
                     n_clusters=k, metric="cosine", init=init, max_iter=_TRANSFER_MAX_ITER,
                     random_state=random_state,
@@ -615,8 +616,7 @@ class SelfLabelNet(NeuralNet):
 
         restarts = {k: [partition(k, random_state=seed + i) for i in range(_TRANSFER_N_INIT)]
                     for k in spectral}
-        # Large K: the heads of one K share one k-means, from that of their
-        # partitions that splits the fewest neighbourhoods.
+        # Large K: the heads share one k-means, from their most agreeing partition.
         by_k = {k: [previous[:, t] for t, kt in enumerate(self.n_clusters) if kt == k]
                 for k in set(self.n_clusters) if k > _TRANSFER_SPECTRAL_MAX}
         shared = {k: partition(k, max(ys, key=lambda y: neighbor_agreement(y, neighbors)).numpy())

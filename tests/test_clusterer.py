@@ -592,6 +592,36 @@ def test_label_transfer_partitions_the_smoothed_features_from_the_heads_clusters
     assert not any("label_update" in row for row in est.history_[2:])
 
 
+def test_label_transfer_starts_clusters_a_head_left_empty_at_samples(digits, monkeypatch):
+    # A zero centre scores 0 for every sample, and the transport solves of
+    # the balanced k-means crawl (minutes at K=3000): an empty cluster of the
+    # head starts at a sample instead.
+    import copy
+
+    import sklearn_sela.training as training
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=10, n_heads=1, **FAST).fit(X)
+    net = copy.deepcopy(est.net_)
+    net.labels_[:, 0] %= 8  # clusters 8 and 9 empty
+    inits = []
+
+    class Spy(training.SinkhornAssigner):
+        def fit(self, X, y=None):
+            if not isinstance(self.init, str):
+                inits.append((X, self.init))
+            return super().fit(X, y)
+
+    monkeypatch.setattr(training, "SinkhornAssigner", Spy)
+    monkeypatch.setattr(training, "_TRANSFER_N_INIT", 0)
+    net.transfer_labels(AugmentedDataset(as_dataset(X)[0], None))
+    space, init = inits[0]  # the k-means from the head's clusters
+    for row in init[8:]:
+        assert np.isclose(np.abs(space - row).sum(axis=1).min(), 0.0, atol=1e-5)
+    assert np.bincount(net.labels_[:, 0].numpy(), minlength=10).tolist() == [40] * 10
+
+
 def test_no_label_transfer_without_self_labelling_or_epochs(digits):
     X, _ = digits
     for params in (dict(n_label_updates=0, max_epochs=3), dict(max_epochs=1)):
