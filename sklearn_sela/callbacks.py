@@ -92,28 +92,29 @@ class SelfLabelling(Callback):
     ----------
     epochs : list of int
         0-based epoch indices (see :func:`label_update_epochs`).
-    transfer_epoch : int or None, default=None
-        0-based epoch at whose start :meth:`SelfLabelNet.transfer_labels`
-        runs; no update of ``epochs`` runs from it on. None: no transfer.
+    transfer_epochs : list of int, default=()
+        0-based epochs at whose start :meth:`SelfLabelNet.transfer_labels`
+        runs; no update of ``epochs`` runs from the first on. Empty: no
+        transfer.
     verbose : int, default=0
         Print one line per update when > 0.
     """
 
-    def __init__(self, epochs, transfer_epoch=None, verbose=0):
+    def __init__(self, epochs, transfer_epochs=(), verbose=0):
         self.epochs = epochs
-        self.transfer_epoch = transfer_epoch
+        self.transfer_epochs = transfer_epochs
         self.verbose = verbose
 
     def on_epoch_begin(self, net, dataset_train=None, **kwargs):
         epoch = len(net.history) - 1
-        if epoch == self.transfer_epoch:
+        if epoch in set(self.transfer_epochs):
             info = net.transfer_labels(dataset_train)
             net.history.record("label_transfer", info)
             if self.verbose:
                 print(f"[label transfer epoch {epoch}] {info['time']:.1f}s, NMI vs "
                       f"previous {info['nmi_prev'][0]:.3f}", flush=True)
             return
-        if self.transfer_epoch is not None and epoch > self.transfer_epoch:
+        if any(epoch > e for e in self.transfer_epochs):
             return
         if epoch not in set(self.epochs):
             return

@@ -37,9 +37,10 @@ from .training import SelfLabelNet
 
 __all__ = ["SelfLabelClusterer"]
 
-# The label transfer (SelfLabelNet.transfer_labels) runs at this fraction of
-# training; the heads learn its partition for the rest.
-_TRANSFER_AT = 0.75
+# The label transfer (SelfLabelNet.transfer_labels) runs at these fractions
+# of training; the heads learn its partition for the rest, and the second
+# partitions the features that learned the first.
+_TRANSFER_AT = (0.6, 0.8)
 
 # Neighbours per training sample in the agreement that picks the head.
 _AGREEMENT_NEIGHBORS = 30
@@ -49,13 +50,12 @@ _AGREEMENT_NEIGHBORS = 30
 _SINKHORN_TOL = 1e-2
 
 
-def _transfer_epoch(max_epochs, label_epochs):
-    """Epoch of the label transfer, or None (no self-labelling, or no epoch
-    before which any training happened)."""
-    epoch = int(round(_TRANSFER_AT * max_epochs))
-    if not label_epochs or epoch <= 0:
-        return None
-    return epoch
+def _transfer_epochs(max_epochs, label_epochs):
+    """Epochs of the label transfer: none without self-labelling, and none
+    before any training happened."""
+    if not label_epochs:
+        return []
+    return sorted({e for e in (int(round(f * max_epochs)) for f in _TRANSFER_AT) if e > 0})
 
 
 # Parameters that a resumed fit may change: they do not change what is trained.
@@ -107,14 +107,14 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     Beyond the paper's step, each self-labelling step averages the heads'
     predictions over the sample's nearest neighbours in feature space
-    (``label_neighbors``), and at three quarters of training a label
+    (``label_neighbors``), and at 3/5 and again at 4/5 of training a label
     transfer replaces each head's labels by a balanced k-means of the
     whitened features (averaged over 8 augmented views and over their
     neighbourhood graph, refined in its spectral embedding up to 50
     clusters), started from the head's clusters or, up to 50 clusters, from
     10 k-means++ seedings if one of those splits fewer neighbourhoods (above
     50, the heads of one K share one k-means, from the head partition that
-    splits the fewest); the heads learn that partition in the remaining
+    splits the fewest); the heads learn that partition in the following
     epochs.
     After training, the head whose clusters split the fewest neighbourhoods
     of the training samples is the one that :meth:`predict` uses
@@ -167,10 +167,10 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
 
     n_label_updates : int or "auto", default="auto"
         Number of self-labelling steps M, placed at ``((i-1)/(M-1))**2`` of
-        training (appendix A.1); those that fall on or after the label
+        training (appendix A.1); those that fall on or after the first label
         transfer give way to it. ``"auto"`` is half the number of epochs
         (the paper's best: 80 for 160 epochs). 0 keeps the initial random
-        labels and skips the transfer (ablation).
+        labels and skips the transfers (ablation).
 
     label_neighbors : int, default=30
         Size of the neighbourhood (the sample and its nearest training
@@ -441,7 +441,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         callbacks = [
             ("lr_drops", StepDrops(milestones, 0.1)),
             ("self_labelling", SelfLabelling(
-                label_epochs, _transfer_epoch(max_epochs, label_epochs), verbose=self.verbose
+                label_epochs, _transfer_epochs(max_epochs, label_epochs), verbose=self.verbose
             )),
         ]
         if self.checkpoint_dir is not None:

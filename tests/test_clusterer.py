@@ -47,9 +47,9 @@ def test_loss_falls_with_fixed_labels(digits):
     ).fit(X)
     losses = [row["train_loss"] for row in est.history_]
     assert len(losses) == 6
-    # The labels stay fixed until the label transfer (epoch 4) replaces them;
-    # the loss falls before it and again on the transferred labels.
-    assert "label_transfer" in est.history_[4]
+    # The labels stay fixed until the label transfers (epochs 4 and 5)
+    # replace them; the loss falls before them and again on their labels.
+    assert "label_transfer" in est.history_[4] and "label_transfer" in est.history_[5]
     assert losses[3] < 0.8 * losses[1] and losses[5] < losses[4]
 
 
@@ -71,12 +71,14 @@ def test_only_training_and_the_transfer_views_see_the_augmentation(digits):
         n_clusters=4, n_heads=1, max_epochs=4, n_label_updates=2, batch_size=64,
         augment=aug, random_state=0,
     ).fit(X)
-    # Updates at epochs 0 and 3; the transfer takes the place of the second.
-    # The label passes and the pass that gives labels_ read the plain
-    # samples; besides training, only the transfer's 8 views are augmented.
-    assert est.net_.label_updates_ == 2
-    assert "label_update" in est.history_[0] and "label_transfer" in est.history_[3]
-    assert aug.calls == (4 + 8) * len(X)
+    # An update at epoch 0, the transfers at epochs 2 and 3 (the second
+    # update, at 3, gives way to them). The label passes and the pass that
+    # gives labels_ read the plain samples; besides training, only each
+    # transfer's 8 views are augmented.
+    assert est.net_.label_updates_ == 3
+    assert "label_update" in est.history_[0]
+    assert [e for e, row in enumerate(est.history_) if "label_transfer" in row] == [2, 3]
+    assert aug.calls == (4 + 2 * 8) * len(X)
 
 
 def test_label_dataset_drops_only_the_transform(digits):
@@ -247,7 +249,7 @@ def test_labels_change_and_stay_balanced(digits):
         n_clusters=8, max_epochs=6, n_label_updates=3, batch_size=64, random_state=0
     ).fit(X)
     updates = _label_updates(est)
-    # Updates at epochs 0, 1 and 5: the last gives way to the transfer (4).
+    # Updates at epochs 0, 1 and 5: the last gives way to the transfers (4, 5).
     assert len(updates) == 2 and "label_transfer" in est.history_[4]
     # The first update moves away from the random start, later ones refine.
     assert all(u["nmi_prev"][0] < 0.999 for u in updates)
@@ -513,7 +515,7 @@ def _unit_means(x, labels, k):
 def test_label_transfer_partitions_the_smoothed_features_from_the_heads_clusters(
     digits, monkeypatch
 ):
-    # At 3/4 of training each head's labels become the balanced spherical
+    # At 3/5 and 4/5 of training each head's labels become the balanced spherical
     # k-means of the unit features (averaged over augmented views), whitened
     # and averaged 4 times over their 10 nearest neighbours, started from the
     # head's clusters, then refined by the same k-means in the spectral
@@ -587,7 +589,8 @@ def test_label_transfer_partitions_the_smoothed_features_from_the_heads_clusters
                         lambda self, ds, n_views=0: views.append(n_views) or real(self, ds, n_views))
     copy.deepcopy(est.net_).transfer_labels(AugmentedDataset(base.base, lambda x: x))
     assert views == [0, 8]
-    # The transfer ran in the fit, which then trained the heads on its labels.
+    # The transfer ran in the fit (3 epochs: 3/5 and 4/5 both round to epoch
+    # 2), which then trained the heads on its labels.
     assert [e for e, row in enumerate(est.history_) if "label_transfer" in row] == [2]
     assert not any("label_update" in row for row in est.history_[2:])
 
@@ -774,7 +777,7 @@ EXPECTED_FAILED_CHECKS = {
 
 
 @parametrize_with_checks(
-    # The second runs the label transfer (epoch 3 of 4) and picks a head.
+    # The second runs the label transfers (epochs 2 and 3 of 4) and picks a head.
     [_small(), _small(n_heads=2, max_epochs=4)],
     expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
 )

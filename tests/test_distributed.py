@@ -33,7 +33,7 @@ WORLD = 2
 N, K = 1001, 12  # odd N: shards of 500 and 501 rows
 PROPORTIONS = np.linspace(1.0, 3.0, K) / np.linspace(1.0, 3.0, K).sum()
 FIT_N, FIT_K = 201, 4
-# Label updates at epochs 0 and 1, the label transfer at epoch 3 (of 4).
+# Label updates at epochs 0 and 1, the label transfers at epochs 2 and 3 (of 4).
 FIT_PARAMS = dict(n_clusters=FIT_K, max_epochs=4, n_label_updates=3, batch_size=32)
 TIMEOUT = 150
 
