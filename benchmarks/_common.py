@@ -60,6 +60,20 @@ def load_data(name, subset=None, seed=0):
     raise ValueError(f"unknown dataset {name!r}")
 
 
+def long_tailed(X, y, largest, ratio=10.0, seed=0):
+    """A seeded subset keeping ``round(largest * ratio**(-i / (C - 1)))``
+    samples of the ``i``-th of the ``C`` classes: the first keeps
+    ``largest``, the last ``largest / ratio``."""
+    classes = np.unique(y)
+    rng = np.random.RandomState(seed)
+    keep = []
+    for i, c in enumerate(classes):
+        n = int(round(largest * ratio ** (-i / (len(classes) - 1))))
+        keep.append(rng.choice(np.flatnonzero(y == c), n, replace=False))
+    keep = np.sort(np.concatenate(keep))
+    return X[keep], y[keep]
+
+
 def markdown_table(headers, rows, floatfmt="{:.3f}"):
     """Render rows (lists) as a Markdown table string."""
 

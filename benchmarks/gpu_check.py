@@ -236,7 +236,7 @@ def throughput_checks(rows, dry=False):
         _, info = as_dataset(X)
         plain = plain_loop(
             copy.deepcopy(est.net_.module_), X, default_augmentation(info), heads, k, batch,
-            est.lr, est.momentum, est.weight_decay, 1 if dry else 2, device,
+            est.lr, 0.9, est.weight_decay, 1 if dry else 2, device,
         )
         rows.append((f"fit {name}, {n:,}, K={k} T={heads}, batch {batch}", t_fit, "",
                      f"{epochs * n / t_fit:.0f} img/s incl. label steps"))

@@ -8,7 +8,8 @@ problem with prescribed cluster sizes, solved by Sinkhorn-Knopp. On blobs of
 equal size both find the blobs. On imbalanced blobs the equipartition
 constraint forces equal clusters and splits the large blob -- the prior is a
 choice, not a free lunch -- while giving the right ``cluster_proportions``
-recovers the blobs again.
+recovers the blobs again, and ``cluster_proportions="auto"`` learns them
+from the data.
 """
 
 # %%
@@ -33,7 +34,7 @@ datasets = {
 # %%
 # Fit the three clusterers on both data sets
 # ------------------------------------------
-fig, axes = plt.subplots(2, 3, figsize=(11, 7), sharex=True, sharey=True)
+fig, axes = plt.subplots(2, 4, figsize=(14, 7), sharex=True, sharey=True)
 for row, (name, sizes) in zip(axes, datasets.items()):
     X, y = make_blobs(n_samples=sizes, centers=centers, cluster_std=1.3, random_state=0)
     proportions = np.asarray(sizes) / sum(sizes)
@@ -42,6 +43,9 @@ for row, (name, sizes) in zip(axes, datasets.items()):
         "SinkhornAssigner (equal sizes)": SinkhornAssigner(n_clusters=3, random_state=0),
         "SinkhornAssigner (true proportions)": SinkhornAssigner(
             n_clusters=3, cluster_proportions=proportions, random_state=0
+        ),
+        'SinkhornAssigner ("auto")': SinkhornAssigner(
+            n_clusters=3, cluster_proportions="auto", random_state=0
         ),
     }
     for ax, (title, model) in zip(row, models.items()):
@@ -57,7 +61,9 @@ plt.show()
 # %%
 # With matching proportions, ``SinkhornAssigner`` is as good as k-means on
 # both data sets; with the default equipartition it is only right when the
-# data really are balanced. SeLa uses the equipartition to avoid the
-# degenerate all-in-one-cluster solution while learning features, where
-# splitting large groups is harmless (and K is usually larger than the number
-# of classes anyway).
+# data really are balanced. ``"auto"`` starts from equal sizes and lets each
+# Sinkhorn solve move them towards what the data support, so it needs no
+# prior knowledge (``cluster_proportions_`` holds the sizes it found). SeLa
+# uses the equipartition to avoid the degenerate all-in-one-cluster solution
+# while learning features, where splitting large groups is harmless (and K
+# is usually larger than the number of classes anyway).

@@ -11,7 +11,13 @@ networks),
 :mod:`~sklearn_sela.cli` (the ``sela`` command).
 """
 
-from .sinkhorn import SinkhornResult, balanced_sizes, sinkhorn_knopp, soft_assignments
+from .sinkhorn import (
+    SinkhornResult,
+    balanced_sizes,
+    check_proportions,
+    sinkhorn_knopp,
+    soft_assignments,
+)
 from .assigner import SinkhornAssigner
 from .clusterer import SelfLabelClusterer
 from .partition import BalancedGraphClustering
@@ -24,6 +30,7 @@ __all__ = [
     "SinkhornAssigner",
     "SinkhornResult",
     "balanced_sizes",
+    "check_proportions",
     "sinkhorn_knopp",
     "soft_assignments",
 ]

@@ -11,7 +11,13 @@
 
 In every mode the fitted cluster scaling ``log_beta_`` is what carries the
 balancing prior over to new samples: ``predict`` takes the argmax and
-``transform`` the softmax of ``lam * scores + log_beta_``.
+``transform`` the softmax of ``lam * scores + log_beta_``. With
+``cluster_proportions="auto"`` the cluster sizes are estimated alongside the
+centres.
+
+This module is over 700 lines: half of it is the estimator's documentation,
+and its helpers (seeding, scores, the centroid update) stay beside the
+class, as in scikit-learn's ``_kmeans.py``.
 """
 
 # Authors: sklearn-sela developers
@@ -37,7 +43,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from .sinkhorn import sinkhorn_knopp, soft_assignments
+from .sinkhorn import check_proportions, sinkhorn_knopp, soft_assignments
 
 __all__ = ["SinkhornAssigner", "cluster_centers"]
 
@@ -151,13 +157,23 @@ class SinkhornAssigner(
         more Sinkhorn iterations); smaller values give softer ``transform``
         output.
 
-    cluster_proportions : array-like of shape (n_clusters,), default=None
+    cluster_proportions : array-like of shape (n_clusters,), "auto" or None, \
+            default=None
         Target fraction of samples in each cluster: strictly positive and
         summing to one. Uniform (an equipartition) when None. In the feature
         modes, the seeded centres are ordered so that the centre with the
         most nearest samples gets the largest proportion, the next one the
         second largest, and so on (not with an explicit ``init``, whose order
         is kept).
+
+        ``"auto"`` estimates the proportions from the data, for clusters of
+        unknown, unequal sizes: each solve penalises the sizes' deviation
+        from the current estimate instead of forbidding it
+        (``marginal_penalty=1 / lam`` of :func:`~sklearn_sela.sinkhorn_knopp`);
+        the estimate starts uniform and becomes each plan's sizes until they
+        change by at most ``sinkhorn_tol`` (a damped EM update of mixture
+        weights; in the feature modes alongside the centres). It costs a few
+        more solves; a cluster the data do not support can end empty.
 
     assign : {"balanced", "argmax"}, default="balanced"
         How hard labels are read from the transport plan during ``fit``.
@@ -180,7 +196,8 @@ class SinkhornAssigner(
 
     max_iter : int, default=100
         Maximum number of assignment/update iterations per initialisation
-        (feature modes only).
+        (feature modes), or of solves with ``cluster_proportions="auto"``
+        (``"precomputed"``).
 
     tol : float, default=1e-4
         Relative tolerance on the centre shift (feature modes only): stop
@@ -220,6 +237,11 @@ class SinkhornAssigner(
         up to an additive constant. ``predict`` and ``transform`` add it to
         ``lam * scores`` of new samples.
 
+    cluster_proportions_ : ndarray of shape (n_clusters,)
+        Cluster sizes of the final transport plan, as fractions of the
+        training samples: ``cluster_proportions`` (uniform for None) up to
+        ``sinkhorn_tol``, or the estimate of ``"auto"``.
+
     inertia_ : float
         Value of the objective on the training data for ``labels_``: the sum
         of squared distances of samples to their cluster centre
@@ -237,7 +259,7 @@ class SinkhornAssigner(
     n_iter_ : int
         Number of assignment/update iterations of the kept initialisation
         (feature modes), or of Sinkhorn scaling iterations of the solve
-        (``"precomputed"``).
+        (``"precomputed"``; of all its solves with ``"auto"``).
 
     n_features_in_ : int
         Number of features seen during ``fit``.
@@ -303,7 +325,7 @@ class SinkhornAssigner(
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions({"euclidean", "cosine", "precomputed"})],
         "lam": [Interval(Real, 0, None, closed="neither")],
-        "cluster_proportions": ["array-like", None],
+        "cluster_proportions": ["array-like", None, StrOptions({"auto"})],
         "assign": [StrOptions({"balanced", "argmax"})],
         "init": [StrOptions({"k-means++", "random"}), "array-like"],
         "n_init": [Interval(Integral, 1, None, closed="left")],
@@ -389,6 +411,7 @@ class SinkhornAssigner(
                 f"{self.n_clusters}: a balanced assignment needs at least one "
                 f"sample per cluster."
             )
+        self._auto = isinstance(self.cluster_proportions, str)
         self._proportions = self._check_proportions()
         if self.metric != "precomputed" and not isinstance(self.init, str):
             init = check_array(self.init, dtype=X.dtype, copy=True)
@@ -412,23 +435,9 @@ class SinkhornAssigner(
             self._n_init = self.n_init
 
     def _check_proportions(self):
-        if self.cluster_proportions is None:
+        if self.cluster_proportions is None or self._auto:
             return None
-        p = np.asarray(self.cluster_proportions, dtype=np.float64)
-        if p.ndim != 1 or p.shape[0] != self.n_clusters:
-            raise ValueError(
-                f"cluster_proportions must have one entry per cluster: got "
-                f"shape {p.shape}, expected ({self.n_clusters},) for "
-                f"n_clusters={self.n_clusters}."
-            )
-        if not np.all(np.isfinite(p)) or np.any(p <= 0):
-            raise ValueError(
-                f"cluster_proportions must be finite and strictly positive, "
-                f"got {p.tolist()}."
-            )
-        if abs(p.sum() - 1.0) > 1e-6:
-            raise ValueError(f"cluster_proportions must sum to 1, got {p.sum():.6g}.")
-        return p / p.sum()
+        return check_proportions(self.cluster_proportions, self.n_clusters)
 
     # ------------------------------------------------------------------
     # Scores, solver and objective
@@ -450,14 +459,16 @@ class SinkhornAssigner(
         d2 /= temperature
         return np.negative(d2, out=d2)
 
-    def _solve(self, scores, warm_start=None, quiet=False):
+    def _solve(self, scores, warm_start=None, quiet=False, prior=None):
+        """One Sinkhorn solve; ``prior`` is the current estimate of ``"auto"``."""
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore", ConvergenceWarning)
             return sinkhorn_knopp(
                 scores,
                 lam=float(self.lam),
-                cluster_proportions=self._proportions,
+                cluster_proportions=self._proportions if prior is None else prior,
+                marginal_penalty=1.0 / float(self.lam) if self._auto else None,
                 tol=float(self.sinkhorn_tol),
                 max_iter=int(self.sinkhorn_max_iter),
                 warm_start=warm_start,
@@ -474,6 +485,15 @@ class SinkhornAssigner(
             return 1.0 - np.einsum("ij,ij->i", Xd, Cd)
         diff = Xd - Cd
         return np.einsum("ij,ij->i", diff, diff)
+
+    def _next_prior(self, res, prior):
+        """With ``"auto"``: the plan's sizes as the next estimate, and whether
+        the estimate has settled (always settled without ``"auto"``)."""
+        if not self._auto:
+            return None, True
+        found = np.asarray(res.proportions, dtype=np.float64)
+        settled = prior is not None and np.abs(found - prior).sum() <= self.sinkhorn_tol
+        return found, settled
 
     def _update_centers(self, Xs, labels, centers):
         return cluster_centers(Xs, labels, centers, self.metric)
@@ -518,13 +538,15 @@ class SinkhornAssigner(
     def _run_once(self, Xs, centers, temperature, tol, x_sq_norms):
         """Balanced k-means from the given centres."""
         log_beta = None
+        prior = None
         labels_old = None
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
             scores = self._scores(Xs, centers, temperature, x_sq_norms)
-            res = self._solve(scores, warm_start=log_beta, quiet=True)
+            res = self._solve(scores, warm_start=log_beta, quiet=True, prior=prior)
             labels, log_beta = res.labels, res.log_beta
-            if labels_old is not None and np.array_equal(labels, labels_old):
+            prior, settled = self._next_prior(res, prior)
+            if settled and labels_old is not None and np.array_equal(labels, labels_old):
                 # Strict convergence: the centres would not move.
                 break
             new_centers = self._update_centers(Xs, labels, centers)
@@ -533,14 +555,14 @@ class SinkhornAssigner(
             )
             centers = new_centers
             labels_old = labels
-            if shift <= tol:
+            if settled and shift <= tol:
                 break
         # Final assignment with the final centres, so that labels_, log_beta_
         # and cluster_centers_ agree (warm start: a handful of iterations).
         scores = self._scores(Xs, centers, temperature, x_sq_norms)
-        res = self._solve(scores, warm_start=log_beta, quiet=False)
+        res = self._solve(scores, warm_start=log_beta, quiet=False, prior=prior)
         inertia = float(self._costs(Xs, res.labels, centers).sum())
-        return res.labels, centers, res.log_beta, inertia, n_iter
+        return res, centers, inertia, n_iter
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -564,12 +586,22 @@ class SinkhornAssigner(
         self._check_params_vs_input(X)
 
         if self.metric == "precomputed":
-            res = self._solve(X)
-            self.labels_ = res.labels
-            self.log_beta_ = np.asarray(res.log_beta, dtype=np.float64)
+            # One solve; with "auto", solves until the sizes settle, and a
+            # last one at the settled estimate.
+            res, prior, n_iter = None, None, 0
+            for _ in range(self.max_iter if self._auto else 1):
+                res = self._solve(X, warm_start=res, quiet=self._auto, prior=prior)
+                n_iter += res.n_iter
+                prior, settled = self._next_prior(res, prior)
+                if settled:
+                    break
+            if self._auto:
+                res = self._solve(X, warm_start=res, prior=prior)
+                n_iter += res.n_iter
+            self._set_fitted(res)
             self.inertia_ = float(self._costs(X, res.labels, None).sum())
             self.temperature_ = 1.0
-            self.n_iter_ = int(res.n_iter)
+            self.n_iter_ = int(n_iter)
             return self
 
         Xs = self._features(X)
@@ -589,17 +621,21 @@ class SinkhornAssigner(
             if self._proportions is not None and self._init_centers is None:
                 centers = self._match_proportions(Xs, centers, temperature)
             run = self._run_once(Xs, centers, temperature, tol, x_sq_norms)
-            if best is None or run[3] < best[3]:
+            if best is None or run[2] < best[2]:
                 best = run
-        labels, centers, log_beta, inertia, n_iter = best
+        res, centers, inertia, n_iter = best
 
-        self.labels_ = labels
+        self._set_fitted(res)
         self.cluster_centers_ = centers
-        self.log_beta_ = np.asarray(log_beta, dtype=np.float64)
         self.inertia_ = inertia
         self.temperature_ = temperature
         self.n_iter_ = n_iter
         return self
+
+    def _set_fitted(self, res):
+        self.labels_ = res.labels
+        self.log_beta_ = np.asarray(res.log_beta, dtype=np.float64)
+        self.cluster_proportions_ = np.asarray(res.proportions, dtype=np.float64)
 
     # ------------------------------------------------------------------
     # Inference

@@ -224,6 +224,7 @@ def save_checkpoint(net, dirname, run=None):
         "log_betas": [
             None if b is None else torch.as_tensor(b) for b in net.log_betas_
         ],
+        "proportions": [None if p is None else torch.as_tensor(p) for p in net.proportions_],
         "label_updates": net.label_updates_,
         "history": json.dumps(net.history.to_list(), default=float),
         "rng_cpu": torch.get_rng_state(),
@@ -254,7 +255,7 @@ def load_checkpoint(dirname):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         keys = {"run", "epochs_done", "module", "optimizer", "labels", "log_betas",
-                "label_updates", "history", "rng_cpu", "rng_cuda"}
+                "proportions", "label_updates", "history", "rng_cpu", "rng_cuda"}
         if not isinstance(state, dict) or not keys <= set(state):
             raise ValueError("not a sklearn-sela checkpoint")
     except Exception as exc:  # torch raises many types for damaged files
@@ -272,6 +273,7 @@ def restore_checkpoint(net, state):
     net.optimizer_.load_state_dict(state["optimizer"])
     net.labels_ = state["labels"].clone()
     net.log_betas_ = list(state["log_betas"])
+    net.proportions_ = [None if p is None else p.numpy() for p in state["proportions"]]
     net.label_updates_ = int(state["label_updates"])
     net.history_ = History(json.loads(state["history"]))
     torch.set_rng_state(state["rng_cpu"])

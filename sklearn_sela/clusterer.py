@@ -24,7 +24,7 @@ from .backbones import MultiHeadNet, make_backbone
 from .data import AugmentedDataset, as_dataset, default_augmentation
 from .distributed import DistributedFit
 from .neighbors import cosine_neighbors, neighbor_agreement
-from .sinkhorn import sinkhorn_knopp, soft_assignments
+from .sinkhorn import check_proportions, sinkhorn_knopp, soft_assignments
 from .callbacks import (
     Checkpoint,
     SelfLabelling,
@@ -41,6 +41,9 @@ __all__ = ["SelfLabelClusterer"]
 # of training; the heads learn its partition for the rest, and the second
 # partitions the features that learned the first.
 _TRANSFER_AT = (0.6, 0.8)
+
+# SGD momentum (the paper's).
+_MOMENTUM = 0.9
 
 # Neighbours per training sample in the agreement that picks the head.
 _AGREEMENT_NEIGHBORS = 30
@@ -64,7 +67,7 @@ _RESUME_FREE = {"verbose", "device", "num_workers", "callbacks", "checkpoint_dir
 
 def _plain(value):
     """``value`` as a plain JSON value (a module or callable by its type)."""
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
@@ -155,11 +158,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     lr : float, default=0.05
         Initial SGD learning rate (paper: 0.05).
 
-    momentum : float, default=0.9
-        SGD momentum.
-
     weight_decay : float, default=5e-4
-        SGD weight decay.
+        SGD weight decay (SGD with momentum 0.9, as in the paper).
 
     lr_drops : tuple of float, default=(0.375, 0.75, 0.875)
         Fractions of ``max_epochs`` at which the learning rate is divided by
@@ -197,6 +197,17 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         with linear heads (the paper) and ``20 * temperature`` with cosine
         heads.
 
+    cluster_proportions : array-like of shape (n_clusters,), "auto" or None, \
+            default=None
+        Cluster sizes, as fractions of the samples, that the label steps,
+        the label transfers and the balancing of :meth:`predict` impose:
+        None for equal sizes (the paper's equipartition); an array of
+        positive fractions summing to one for every head, or a list of
+        them, one per head; or ``"auto"`` for unequal, unknown sizes: each
+        label transfer learns them from the features and the later label
+        steps keep them (before the first transfer, sizes are equal). No
+        extra cost. See :ref:`imbalanced`.
+
     image_size : int or (int, int), default=None
         Resize streamed images (e.g. an ``ImageFolder``) to this size.
 
@@ -228,7 +239,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
     ----------
     labels_ : ndarray of shape (n_samples,)
         Cluster of each training sample: :meth:`predict` of the training
-        data, nearly equal-sized (the balancing of ``log_betas_``).
+        data, with cluster sizes near ``cluster_proportions_[head_]`` (the
+        balancing of ``log_betas_``).
 
     head_ : int
         The head :meth:`predict`, :meth:`predict_proba` and :meth:`score`
@@ -255,6 +267,11 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Per head, the cluster balancing of :meth:`predict_proba`: the
         Sinkhorn cluster scaling of the transport problem on the head's
         predictions for the training data.
+
+    cluster_proportions_ : list of ndarray
+        Per head, the cluster sizes (fractions of the training samples) of
+        the balancing in ``log_betas_``: ``cluster_proportions`` (equal for
+        None), or the estimate with ``"auto"``.
 
     input_info_ : InputInfo
         Kind and sample shape of the training input.
@@ -291,7 +308,6 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 2, None, closed="left")],
         "lr": [Interval(Real, 0, None, closed="neither")],
-        "momentum": [Interval(Real, 0, 1, closed="left")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "lr_drops": [list, tuple],
         "n_label_updates": [Interval(Integral, 0, None, closed="left"), StrOptions({"auto"})],
@@ -299,6 +315,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         "projection": [tuple, list, None],
         "temperature": [Interval(Real, 0, None, closed="neither"), None],
         "lam": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
+        "cluster_proportions": ["array-like", list, StrOptions({"auto"}), None],
         "image_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "device": [str],
         "num_workers": [Interval(Integral, 0, None, closed="left")],
@@ -318,7 +335,6 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         max_epochs="auto",
         batch_size=128,
         lr=0.05,
-        momentum=0.9,
         weight_decay=5e-4,
         lr_drops=(0.375, 0.75, 0.875),
         n_label_updates="auto",
@@ -326,6 +342,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         projection=(512, 128),
         temperature=0.1,
         lam="auto",
+        cluster_proportions=None,
         image_size=None,
         device="auto",
         num_workers=0,
@@ -341,7 +358,6 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.lr = lr
-        self.momentum = momentum
         self.weight_decay = weight_decay
         self.lr_drops = lr_drops
         self.n_label_updates = n_label_updates
@@ -349,6 +365,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.projection = projection
         self.temperature = temperature
         self.lam = lam
+        self.cluster_proportions = cluster_proportions
         self.image_size = image_size
         self.device = device
         self.num_workers = num_workers
@@ -398,6 +415,27 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.lam != "auto":
             return float(self.lam)
         return 25.0 if self.temperature is None else 20.0 * self.temperature
+
+    def _proportions(self, ks):
+        """``cluster_proportions`` checked against the heads' K: None,
+        ``"auto"`` or one float64 array per head."""
+        given = self.cluster_proportions
+        if given is None or isinstance(given, str):
+            return given
+        per_head = not np.isscalar(given[0]) and np.ndim(given[0]) == 1 if len(given) else False
+        if per_head and len(given) != len(ks):
+            raise ValueError(
+                f"cluster_proportions has {len(given)} arrays, expected one per head "
+                f"({len(ks)})."
+            )
+        checked = []
+        for t, k in enumerate(ks):
+            try:
+                checked.append(check_proportions(given[t] if per_head else given, k))
+            except ValueError as exc:
+                where = f"head {t}, " if per_head else ""
+                raise ValueError(f"{str(exc).rstrip('.')} ({where}n_clusters={k}).") from None
+        return checked
 
     def _augmentation(self, info):
         if self.augment == "auto":
@@ -457,8 +495,9 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
             sinkhorn_tol=_SINKHORN_TOL,
             label_seed=seed,
             label_neighbors=self.label_neighbors,
+            cluster_proportions=self._proportions(ks),
             optimizer=torch.optim.SGD,
-            optimizer__momentum=self.momentum,
+            optimizer__momentum=_MOMENTUM,
             optimizer__weight_decay=self.weight_decay,
             lr=self.lr,
             max_epochs=max_epochs,
@@ -511,6 +550,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Every rank ends with the same fitted estimator.
         """
         ks = self._cluster_list()
+        self._proportions(ks)
         base, info = self._dataset(X, reset=True)
         n = info.n_samples
         if n < 2:
@@ -565,15 +605,19 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         self.labels_all_ = net.labels_.numpy().copy()
         self.head_ = 0
         # The cluster balancing of predict: one solve of the transport
-        # problem on each head's predictions for the training data.
+        # problem on each head's predictions for the training data, with
+        # the sizes of its label steps.
         features, log_probas = self._forward(base)
         net.module_.whitening.fit(features)
-        self.log_betas_ = [
-            np.asarray(sinkhorn_knopp(
-                torch.from_numpy(lp), lam=net.lam, tol=_SINKHORN_TOL
-            ).log_beta.cpu())
-            for lp in log_probas
+        solves = [
+            sinkhorn_knopp(
+                torch.from_numpy(lp), lam=net.lam, tol=_SINKHORN_TOL,
+                cluster_proportions=net.proportions_[t],
+            )
+            for t, lp in enumerate(log_probas)
         ]
+        self.log_betas_ = [np.asarray(res.log_beta.cpu()) for res in solves]
+        self.cluster_proportions_ = [np.asarray(res.proportions.cpu()) for res in solves]
         # The same computation as predict's: labels_ is predict(X) to the bit.
         probas = self._balanced(log_probas)
         candidates = [t for t, k in enumerate(ks) if k == ks[0]]
@@ -784,6 +828,8 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
                 },
                 "labels": net.labels_.cpu().clone(),
                 "log_betas": [None if b is None else b.cpu() for b in net.log_betas_],
+                "proportions": [None if p is None else torch.as_tensor(p)
+                                for p in net.proportions_],
                 "history": net.history.to_list(),
                 "max_epochs": int(net.max_epochs),
                 "seed": int(net.label_seed),
@@ -817,6 +863,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         built.module_.eval()
         built.labels_ = net["labels"].to(torch.int64).clone()
         built.log_betas_ = list(net["log_betas"])
+        built.proportions_ = [None if p is None else p.numpy() for p in net["proportions"]]
         built.label_updates_ = net["label_updates"]
         built.history_ = History(net["history"])
         self.net_ = built

@@ -23,6 +23,8 @@ Layout of the archive::
         "labels_": LongTensor (n_samples,),
         "labels_all_": LongTensor (n_samples, n_heads),
         "log_betas_": [Tensor or None per head],
+        "cluster_proportions_": [Tensor per head],
+        "proportions": [Tensor or None per head],
         "history": "<JSON of the skorch history>",
         "max_epochs": 200, "seed": 1234, "label_updates": 100
       }
@@ -64,7 +66,7 @@ def _jsonable(value):
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [_jsonable(v) for v in value]
     raise TypeError(type(value).__name__)
 
@@ -189,6 +191,10 @@ def save_model(est, path):
             "log_betas_": [
                 None if b is None else torch.as_tensor(np.asarray(b)) for b in est.log_betas_
             ],
+            "cluster_proportions_": [
+                torch.as_tensor(np.asarray(p)) for p in est.cluster_proportions_
+            ],
+            "proportions": net["proportions"],
             "history": json.dumps(net["history"], default=_json_default),
             "max_epochs": net["max_epochs"],
             "seed": net["seed"],
@@ -328,10 +334,12 @@ def load_model(path, *, device=None, batch_size=None, num_workers=None, verbose=
             "labels_all_": labels_all.numpy().copy(),
             "labels_": fitted["labels_"].numpy().astype(np.int64),
             "log_betas_": [None if b is None else b.numpy() for b in log_betas],
+            "cluster_proportions_": [p.numpy() for p in fitted["cluster_proportions_"]],
             "net_": {
                 "state_dict": state["state_dict"],
                 "labels": labels_all,
                 "log_betas": log_betas,
+                "proportions": list(fitted["proportions"]),
                 "history": json.loads(fitted["history"]),
                 "max_epochs": int(fitted["max_epochs"]),
                 "seed": int(fitted["seed"]),

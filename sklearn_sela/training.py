@@ -5,6 +5,10 @@ labels re-assigned by Sinkhorn-Knopp at scheduled epochs.
 given by the user but held by the net (``labels_``) and replaced by
 :meth:`SelfLabelNet.update_labels`. Scheduling, learning-rate drops and
 checkpoints are small skorch callbacks, in :mod:`sklearn_sela.callbacks`.
+
+This module is over 700 lines: it is one class, the net and the two steps
+that make its labels (the self-labelling step and the label transfer),
+whose shared passes over the data and device handling stay together.
 """
 
 import contextlib
@@ -82,6 +86,11 @@ class SelfLabelNet(NeuralNet):
         feature space) whose probabilities are averaged before each
         self-labelling solve; 1 is the paper's step. See
         :meth:`label_neighbors_of`.
+    cluster_proportions : list or "auto", default=None
+        Cluster sizes of the label steps and transfers, as fractions: None
+        for equal sizes; a list with one entry per head, None or an array of
+        ``K_t`` positive fractions summing to one; or ``"auto"``, estimated
+        per head by each label transfer (see :meth:`transfer_labels`).
     **kwargs
         Passed to :class:`skorch.NeuralNet` (``optimizer``, ``lr``,
         ``max_epochs``, ``batch_size``, ``device``, ``callbacks``,
@@ -111,6 +120,10 @@ class SelfLabelNet(NeuralNet):
     log_betas_ : list of Tensor
         Per head, the Sinkhorn cluster scaling of the last update (warm start
         of the next one), or None before the first.
+    proportions_ : list of ndarray or None
+        Per head, the cluster sizes that its label steps aim at (float64
+        fractions), or None for equal sizes; with ``"auto"``, the estimate
+        of the last label transfer (None before the first).
     label_updates_ : int
         Number of label updates done.
     """
@@ -127,6 +140,7 @@ class SelfLabelNet(NeuralNet):
         augment_labels=False,
         label_seed=0,
         label_neighbors=1,
+        cluster_proportions=None,
         criterion=torch.nn.CrossEntropyLoss,
         train_split=None,
         **kwargs,
@@ -140,6 +154,7 @@ class SelfLabelNet(NeuralNet):
         self.augment_labels = augment_labels
         self.label_seed = label_seed
         self.label_neighbors = label_neighbors
+        self.cluster_proportions = cluster_proportions
 
     # skorch pickles the attributes with these prefixes through torch.load
     # with a map_location, so that a net trained on CUDA loads where CUDA is
@@ -243,8 +258,27 @@ class SelfLabelNet(NeuralNet):
         cols = [torch.randperm(n_samples, generator=gen) % k for k in self.n_clusters]
         self.labels_ = torch.stack(cols, dim=1)
         self.log_betas_ = [None] * len(self.n_clusters)
+        given = self.cluster_proportions
+        if given is None or isinstance(given, str):
+            given = [None] * len(self.n_clusters)
+        self.proportions_ = [None if p is None else np.asarray(p, dtype=np.float64)
+                             for p in given]
         self.label_updates_ = 0
         return self
+
+    @property
+    def learns_proportions(self):
+        """Whether the cluster sizes are estimated (``"auto"``)."""
+        return isinstance(self.cluster_proportions, str)
+
+    def _learned(self, t, sizes):
+        """With ``"auto"``, head ``t``'s next estimate: ``sizes`` as
+        fractions, none below half a sample (a proportion of zero would
+        close the cluster for good)."""
+        if self.learns_proportions:
+            p = np.maximum(np.asarray(sizes, dtype=np.float64), 0.0)
+            p = np.maximum(p / p.sum(), 0.5 / len(self.labels_))
+            self.proportions_[t] = p / p.sum()
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         """Cross-entropy averaged over heads, in float32; ``y_true`` holds
@@ -532,9 +566,10 @@ class SelfLabelNet(NeuralNet):
         :func:`~sklearn_sela.neighbors.smooth_over_neighbors`), so that what
         a neighbourhood shares stays and what sets a sample apart fades. A
         balanced spherical k-means
-        (:class:`~sklearn_sela.assigner.SinkhornAssigner`, the same
-        equipartition) on the result starts from the centres of a head's
-        clusters, so a large K needs no k-means++ seeding. Up to
+        (:class:`~sklearn_sela.assigner.SinkhornAssigner`, with the head's
+        ``proportions_`` as cluster sizes) on the result starts from the
+        centres of a head's clusters, so a large K needs no k-means++
+        seeding. Up to
         ``_TRANSFER_SPECTRAL_MAX`` clusters, each head's is then refined by
         the same k-means in the spectral embedding of the neighbour graph
         (:func:`~sklearn_sela.spectral.neighbor_spectral_embedding`), where
@@ -546,6 +581,15 @@ class SelfLabelNet(NeuralNet):
         partitions that splits the fewest. Cosine heads then get the unit
         mean embedding of each new cluster as its prototype, so that they
         predict the new partition from the first batch on.
+
+        With ``cluster_proportions="auto"`` each of these k-means learns the
+        cluster sizes (``SinkhornAssigner(cluster_proportions="auto")``) in
+        the smoothed features and keeps them in the spectral embedding; the
+        chosen partition's sizes become the head's ``proportions_``, which
+        the label steps then impose. The sizes are thus estimated on fixed
+        features, where no feedback between labels and network can shrink
+        a cluster away; the label steps before the first transfer keep
+        equal sizes, SeLa's guard against collapse.
 
         Parameters
         ----------
@@ -596,11 +640,13 @@ class SelfLabelNet(NeuralNet):
             for k in set(self.n_clusters) if 1 < k <= _TRANSFER_SPECTRAL_MAX and n > k
         }
 
-        def partition(k, labels=None, random_state=None):
-            """Balanced k-means of the smoothed features from the centres of
-            ``labels`` (k-means++ without), then of the spectral embedding.
-            Returns its neighbour agreement, labels and k-means iterations."""
+        def partition(k, proportions, labels=None, random_state=None):
+            """Balanced k-means (cluster sizes ``proportions``) of the
+            smoothed features from the centres of ``labels`` (k-means++
+            without), then of the spectral embedding. Returns its neighbour
+            agreement, labels and k-means iterations."""
             run = None
+            learn = isinstance(proportions, str)
             for space in [smoothed] + ([spectral[k]] if k in spectral else []):
                 # A cluster the head left empty starts at a sample (at zero,
                 # it scores 0 everywhere and the transport solves crawl).
@@ -609,26 +655,36 @@ class SelfLabelNet(NeuralNet):
                     "cosine")
                 step = SinkhornAssigner(
                     n_clusters=k, metric="cosine", init=init, max_iter=_TRANSFER_MAX_ITER,
-                    random_state=random_state,
+                    cluster_proportions=proportions, random_state=random_state,
                 ).fit(space)
                 labels, run = step.labels_, run or step
+                if learn:
+                    proportions = step.cluster_proportions_
             return neighbor_agreement(torch.as_tensor(labels), neighbors), labels, int(run.n_iter_)
 
-        restarts = {k: [partition(k, random_state=seed + i) for i in range(_TRANSFER_N_INIT)]
-                    for k in spectral}
+        auto = "auto" if self.learns_proportions else None
         # Large K: the heads share one k-means, from their most agreeing partition.
-        by_k = {k: [previous[:, t] for t, kt in enumerate(self.n_clusters) if kt == k]
-                for k in set(self.n_clusters) if k > _TRANSFER_SPECTRAL_MAX}
-        shared = {k: partition(k, max(ys, key=lambda y: neighbor_agreement(y, neighbors)).numpy())
-                  for k, ys in by_k.items()}
+        heads_of = {k: [t for t, kt in enumerate(self.n_clusters) if kt == k]
+                    for k in set(self.n_clusters) if k > _TRANSFER_SPECTRAL_MAX}
+        shared = {}
+        for k, heads in heads_of.items():
+            t = max(heads, key=lambda t: neighbor_agreement(previous[:, t], neighbors))
+            shared[k] = partition(k, auto or self.proportions_[t], previous[:, t].numpy())
         iterations = []
+        restarts = {}  # shared by the heads of one K and the same sizes
         for t, k in enumerate(self.n_clusters):
+            sizes = auto or self.proportions_[t]
+            key = (k, sizes if sizes is None or auto else tuple(sizes))
+            if k in spectral and key not in restarts:
+                restarts[key] = [partition(k, sizes, random_state=seed + i)
+                                 for i in range(_TRANSFER_N_INIT)]
             # The head's own partition, or a restart whose clusters split
             # fewer neighbourhoods (max keeps the first of equal ones).
             _, labels, n_iter = shared[k] if k in shared else max(
-                [partition(k, previous[:, t].numpy())] + restarts.get(k, []),
+                [partition(k, sizes, previous[:, t].numpy())] + restarts.get(key, []),
                 key=lambda run: run[0])
             self.labels_[:, t] = torch.as_tensor(labels, dtype=torch.int64)
+            self._learned(t, np.bincount(labels, minlength=k))
             if cosine:
                 weight = module.heads[t].weight
                 weight.copy_(torch.from_numpy(
@@ -647,6 +703,8 @@ class SelfLabelNet(NeuralNet):
         here: it is recorded per update and reported once at the end of
         training by :class:`SelfLabelling`.
 
+        The cluster sizes are the head's ``proportions_``.
+
         Returns
         -------
         labels : Tensor of shape (len(buf),)
@@ -657,6 +715,7 @@ class SelfLabelNet(NeuralNet):
             res = sinkhorn_knopp(
                 buf,
                 lam=self.lam,
+                cluster_proportions=self.proportions_[t],
                 tol=self.sinkhorn_tol,
                 max_iter=self.sinkhorn_max_iter,
                 warm_start=self.log_betas_[t],

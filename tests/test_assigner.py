@@ -90,6 +90,7 @@ def _expected_failed_checks(estimator):
         SinkhornAssigner(n_clusters=3, random_state=0),
         SinkhornAssigner(n_clusters=3, metric="cosine", random_state=0),
         SinkhornAssigner(n_clusters=3, metric="precomputed"),
+        SinkhornAssigner(n_clusters=3, cluster_proportions="auto", random_state=0),
     ],
     expected_failed_checks=_expected_failed_checks,
 )
@@ -184,6 +185,49 @@ def test_cluster_proportions_recover_imbalanced_blobs(metric):
     assert ari_matched > 0.95
     assert ari_matched - ari_uniform > 0.3
     np.testing.assert_array_equal(np.bincount(matched.labels_), sizes)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_auto_proportions_learn_imbalanced_blobs(metric):
+    # Unknown, unequal sizes: "auto" finds them about as well as being told.
+    sizes = np.array([240, 100, 40, 20])
+    centers = np.vstack([_CENTERS, [[-6.0, 4.0]]])
+    X, y = make_blobs(n_samples=sizes, centers=centers, cluster_std=1.2, random_state=0)
+    params = dict(n_clusters=4, metric=metric, n_init=3, random_state=0)
+    uniform = SinkhornAssigner(**params).fit(X)
+    auto = SinkhornAssigner(**params, cluster_proportions="auto").fit(X)
+    ari_uniform = adjusted_rand_score(y, uniform.labels_)
+    ari_auto = adjusted_rand_score(y, auto.labels_)
+    assert ari_auto > 0.9
+    assert ari_auto - ari_uniform > 0.2
+    found = np.sort(auto.cluster_proportions_)[::-1]
+    np.testing.assert_allclose(found, sizes / sizes.sum(), atol=0.03)
+    np.testing.assert_allclose(uniform.cluster_proportions_, 0.25, atol=1e-3)
+    # labels_ are an exact rounding of the estimated sizes, and predict
+    # carries them over.
+    np.testing.assert_array_equal(
+        np.bincount(auto.labels_, minlength=4),
+        balanced_sizes(sizes.sum(), auto.cluster_proportions_),
+    )
+    assert np.mean(auto.predict(X) == auto.labels_) > 0.98
+
+
+def test_auto_proportions_precomputed_are_the_maximum_likelihood_weights():
+    # With fixed scores, "auto" settles where the weights equal the mean
+    # posterior they induce: the EM fixed point of the mixture weights.
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, size=600, p=[0.7, 0.2, 0.1])
+    X = rng.normal(size=(600, 1)) + 2.5 * y[:, None]
+    logp = -0.5 * (X - 2.5 * np.arange(3)[None]) ** 2
+    sa = SinkhornAssigner(
+        n_clusters=3, metric="precomputed", lam=1.0, cluster_proportions="auto",
+        sinkhorn_tol=1e-6,
+    ).fit(logp)
+    w = sa.cluster_proportions_
+    post = np.log(w) + logp
+    post = np.exp(post - np.logaddexp.reduce(post, axis=1, keepdims=True))
+    np.testing.assert_allclose(post.mean(axis=0), w, atol=1e-4)
+    np.testing.assert_allclose(w, np.bincount(y) / 600, atol=0.05)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
@@ -417,11 +461,11 @@ def test_grid_search_default_score():
 @pytest.mark.parametrize(
     "proportions, match",
     [
-        ([0.5, 0.5], re.escape("one entry per cluster: got shape (2,), expected (3,)")),
+        ([0.5, 0.5], re.escape("one entry per cluster: expected shape (3,), got (2,)")),
         ([[0.2, 0.3, 0.5]], "one entry per cluster"),
-        ([0.5, 0.6, -0.1], "finite and strictly positive"),
-        ([0.5, 0.5, 0.0], "finite and strictly positive"),
-        ([0.5, np.nan, 0.5], "finite and strictly positive"),
+        ([0.5, 0.6, -0.1], "must be non-negative"),
+        ([0.5, 0.5, 0.0], "strictly positive"),
+        ([0.5, np.nan, 0.5], "must be finite"),
         ([0.5, 0.3, 0.3], "must sum to 1, got 1.1"),
     ],
 )

@@ -616,6 +616,10 @@ def test_option_values_reach_the_estimator_with_their_types():
             "--projection", "16"]
     assert given_params(build_parser().parse_args(argv)) == {
         "n_clusters": 5, "image_size": 64, "lr_drops": (0.5,), "projection": (16,)}
+    # Cluster sizes: fractions, or a word.
+    for text, value in [("0.75,0.25", [0.75, 0.25]), ("auto", "auto"), ("none", None)]:
+        argv = ["fit", "x", "--cluster-proportions", text]
+        assert given_params(build_parser().parse_args(argv)) == {"cluster_proportions": value}
 
 
 # -- help ------------------------------------------------------------------------------------
@@ -781,8 +785,8 @@ def test_model_file_layout(saved):
     assert set(json.loads(raw["params"])) == set(SelfLabelClusterer().get_params())
     fitted = raw["fitted"]
     assert set(fitted) == {"input_info", "n_clusters_", "head_", "n_epochs_", "labels_",
-                           "labels_all_", "log_betas_", "history", "max_epochs", "seed",
-                           "label_updates"}
+                           "labels_all_", "log_betas_", "cluster_proportions_", "proportions",
+                           "history", "max_epochs", "seed", "label_updates"}
     assert fitted["n_clusters_"] == [4, 4, 6] and fitted["head_"] == est.head_
     assert fitted["input_info"] == {"kind": "tabular", "sample_shape": [64],
                                     "n_samples": 150}

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 
@@ -269,6 +270,76 @@ def test_balanced_assign_gives_exact_equipartition(digits):
     assert set(np.bincount(net.labels_[:, 0], minlength=8).tolist()) == {50}
 
 
+def _label_sizes_after_a_balanced_update(net, X):
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+
+    net.set_params(assign="balanced")
+    net.update_labels(AugmentedDataset(as_dataset(X)[0], None))
+    return [np.bincount(net.labels_[:, t], minlength=k).tolist()
+            for t, k in enumerate(net.n_clusters)]
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_known_proportions_bind_label_steps_transfers_and_predict(digits, per_head):
+    from sklearn_sela import balanced_sizes
+
+    X, _ = digits
+    p = [0.6, 0.3, 0.1]
+    given = [p, [0.2, 0.3, 0.5]] if per_head else p
+    est = SelfLabelClusterer(n_clusters=3, n_heads=2, cluster_proportions=given, **FAST).fit(X)
+    heads = given if per_head else [p, p]
+    # The last label event, the transfer at epoch 2, partitions with exact sizes.
+    for t, q in enumerate(heads):
+        assert np.bincount(est.labels_all_[:, t]).tolist() == balanced_sizes(len(X), q).tolist()
+        np.testing.assert_allclose(est.cluster_proportions_[t], q, atol=0.02)
+    # predict's argmax of the balanced plan after 3 epochs: the big cluster.
+    assert np.argmax(np.bincount(est.labels_)) == np.argmax(heads[est.head_])
+    assert est.get_params()["cluster_proportions"] is given
+    assert _label_sizes_after_a_balanced_update(est.net_, X) == [
+        balanced_sizes(len(X), q).tolist() for q in heads]
+
+
+def test_auto_sizes_come_from_the_transfer_and_bind_the_label_steps(digits, tmp_path):
+    from sklearn_sela import balanced_sizes
+    from sklearn_sela.persistence import load_model, save_model
+
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=4, n_heads=2, cluster_proportions="auto", **FAST).fit(X)
+    net = est.net_
+    # The transfer (epoch 2) learned each head's sizes: those of its partition.
+    for t in range(2):
+        found = np.bincount(est.labels_all_[:, t], minlength=4) / len(X)
+        np.testing.assert_allclose(net.proportions_[t], found)
+        np.testing.assert_allclose(est.cluster_proportions_[t], found, atol=0.02)
+    assert not np.allclose(net.proportions_[0], 0.25)
+    # Pickles, model files and label steps keep them.
+    save_model(est, tmp_path / "model.pt")
+    for copy in [pickle.loads(pickle.dumps(est)), load_model(tmp_path / "model.pt")]:
+        np.testing.assert_array_equal(copy.net_.proportions_[1], net.proportions_[1])
+        np.testing.assert_array_equal(copy.cluster_proportions_[1], est.cluster_proportions_[1])
+        np.testing.assert_array_equal(copy.predict(X), est.predict(X))
+    assert _label_sizes_after_a_balanced_update(net, X) == [
+        balanced_sizes(len(X), net.proportions_[t]).tolist() for t in range(2)]
+
+
+@pytest.mark.parametrize(
+    "given, match",
+    [
+        ([0.5, 0.5], re.escape("expected shape (3,), got (2,)")),
+        ([[0.2, 0.3, 0.5]] * 3, re.escape("has 3 arrays, expected one per head (2)")),
+        ([[0.2, 0.3, 0.5], [0.5, 0.5]], re.escape("got (2,) (head 1, n_clusters=3).")),
+        ([0.5, 0.6, -0.1], "must be non-negative"),
+        ([0.5, 0.3, 0.3], "must sum to 1"),
+        ("equal", "must be an array-like"),
+    ],
+)
+def test_bad_cluster_proportions(digits, given, match):
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=3, n_heads=2, cluster_proportions=given, max_epochs=1)
+    with pytest.raises(ValueError, match=match):
+        est.fit(X[:50])
+
+
 def test_heads_have_their_own_labels_and_sizes(digits):
     X, _ = digits
     est = SelfLabelClusterer(n_clusters=[5, 7, 9], **FAST).fit(X)
@@ -359,9 +430,11 @@ class _Interrupt(Callback):
             raise RuntimeError("simulated interruption")
 
 
-def test_checkpoint_resume_equals_uninterrupted(digits, tmp_path):
+@pytest.mark.parametrize("proportions", [None, "auto"])
+def test_checkpoint_resume_equals_uninterrupted(digits, tmp_path, proportions):
     X, _ = digits
-    params = dict(n_clusters=6, max_epochs=4, n_label_updates=3, batch_size=64, random_state=0)
+    params = dict(n_clusters=6, max_epochs=4, n_label_updates=3, batch_size=64, random_state=0,
+                  cluster_proportions=proportions)
     full = SelfLabelClusterer(**params).fit(X)
 
     ckpt = tmp_path / "ckpt"
@@ -371,6 +444,9 @@ def test_checkpoint_resume_equals_uninterrupted(digits, tmp_path):
     with pytest.raises(RuntimeError, match="simulated"):
         broken.fit(X)
     assert (ckpt / "checkpoint.pt").exists()
+    # With "auto", the sizes learned by the transfer at epoch 2.
+    saved = torch.load(ckpt / "checkpoint.pt", weights_only=True)["proportions"]
+    assert all((p is None) == (proportions is None) for p in saved)
 
     resumed = SelfLabelClusterer(**params, checkpoint_dir=str(ckpt)).fit(X)
     assert resumed.n_epochs_ == 4

@@ -158,6 +158,67 @@ def test_balanced_from_unconverged_plan_is_still_exact():
     np.testing.assert_array_equal(np.bincount(res.labels, minlength=4), [100] * 4)
 
 
+@pytest.mark.parametrize(
+    "n,k,lam,rho",
+    [(60, 4, 5.0, 0.5), (200, 7, 25.0, 0.05), (200, 7, 25.0, 5.0), (50, 3, 1.0, 0.01)],
+)
+def test_marginal_penalty_solves_pots_semi_unbalanced_problem(n, k, lam, rho):
+    # min <Q, -S> + KL(Q || r c^T) / lam + rho KL(Q^T 1 || c) with exact rows,
+    # solved by POT's generalised Sinkhorn to a tight threshold.
+    ot = pytest.importorskip("ot")
+    rng = np.random.default_rng(n + k)
+    scores = _log_dirichlet(n, k, seed=k, alpha=0.5)
+    c = rng.dirichlet(np.full(k, 3.0))
+    res = sinkhorn_knopp(
+        scores, lam=lam, cluster_proportions=c, marginal_penalty=rho,
+        tol=1e-9, max_iter=100_000,
+    )
+    assert res.converged
+    reference = ot.unbalanced.sinkhorn_unbalanced(
+        np.full(n, 1.0 / n), c, -scores, 1.0 / lam, (float("inf"), rho),
+        reg_type="kl", method="sinkhorn", numItermax=200_000, stopThr=1e-13,
+    )
+    Q = _plan(scores, res, lam)
+    np.testing.assert_allclose(Q, reference, atol=1e-8)
+    np.testing.assert_allclose(res.proportions, reference.sum(axis=0), atol=1e-8)
+    # The sizes really moved away from the prior: the penalty is not exact.
+    assert np.abs(res.proportions - c).sum() > 1e-3
+
+
+def test_marginal_penalty_spans_posterior_to_equipartition():
+    scores = _log_dirichlet(300, 5, seed=1, alpha=0.3)
+    scores[:, 0] += 1.0  # cluster 0 is preferred by the scores
+    lam = 2.0
+    posterior = np.exp(lam * scores - np.logaddexp.reduce(lam * scores, axis=1)[:, None])
+    sizes = [
+        sinkhorn_knopp(scores, lam=lam, marginal_penalty=rho, tol=1e-7).proportions
+        for rho in (1e-6, 0.3, 3.0, 1e6)
+    ]
+    # rho -> 0: the scores' own sizes (the posterior under the uniform
+    # prior); rho -> inf: the exact equipartition; in between, in order.
+    np.testing.assert_allclose(sizes[0], posterior.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(sizes[-1], np.full(5, 0.2), atol=1e-4)
+    assert sizes[0][0] > sizes[1][0] > sizes[2][0] > sizes[3][0] > 0.2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_marginal_penalty_balanced_labels_and_warm_start(dtype):
+    scores = _log_dirichlet(400, 6, seed=2, alpha=0.4).astype(dtype)
+    scores[:, 1] += 0.5
+    res = sinkhorn_knopp(scores, marginal_penalty=0.02, assign="balanced", tol=1e-6)
+    assert res.converged
+    np.testing.assert_allclose(res.proportions.sum(), 1.0, rtol=1e-6)
+    # assign="balanced" rounds to the sizes the penalised plan settled on.
+    np.testing.assert_array_equal(
+        np.bincount(res.labels, minlength=6), balanced_sizes(400, res.proportions)
+    )
+    assert res.proportions.argmax() == 1 and res.proportions[1] > 1.2 / 6
+    # A warm start from the solution converges at once to the same plan.
+    again = sinkhorn_knopp(scores, marginal_penalty=0.02, warm_start=res, tol=1e-6)
+    assert again.n_iter <= 2
+    np.testing.assert_allclose(again.proportions, res.proportions, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------
 # Marginals, scalings, soft assignments
 # ---------------------------------------------------------------------------
@@ -662,6 +723,10 @@ _GOOD = _log_dirichlet(10, 3, seed=0)
         (dict(cluster_proportions=[np.nan, 0.5, 0.5]), "finite"),
         (dict(warm_start=np.zeros(4)), r"warm_start .* expected shape \(3,\)"),
         (dict(warm_start=np.array([0.0, np.inf, 0.0])), "warm_start must be finite"),
+        (dict(marginal_penalty=0.0), "marginal_penalty must be"),
+        (dict(marginal_penalty=-1.0), "marginal_penalty must be"),
+        (dict(marginal_penalty=np.inf), "marginal_penalty must be"),
+        (dict(marginal_penalty="auto"), "marginal_penalty must be"),
     ],
 )
 def test_bad_input_raises_value_error(kwargs, match):

@@ -20,6 +20,9 @@ log-probabilities ``log P``,
 
 whose minimiser is ``Q = diag(alpha) P**lam diag(beta)`` with rows summing to
 ``1/N`` and columns summing to the cluster proportions ``c``.
+With ``marginal_penalty=rho`` the column constraint becomes a penalty
+``rho * KL(Q.T 1 || c)`` (semi-unbalanced transport, Chizat et al., 2018):
+the rows still sum to ``1/N``, the cluster sizes may move away from ``c``.
 
 Notes on the numerics
 ---------------------
@@ -77,7 +80,7 @@ Notes on the numerics
   ``assign="balanced"`` still gives exact cluster sizes.
 """
 
-from ._rounding import balanced_sizes
+from ._rounding import balanced_sizes, check_proportions
 from ._sinkhorn import SinkhornResult, sinkhorn_knopp, soft_assignments
 
 __all__ = [
@@ -85,4 +88,5 @@ __all__ = [
     "sinkhorn_knopp",
     "soft_assignments",
     "balanced_sizes",
+    "check_proportions",
 ]

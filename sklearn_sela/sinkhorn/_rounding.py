@@ -81,6 +81,25 @@ def balanced_sizes(n_samples, cluster_proportions=None, n_clusters=None, demand=
 
 
 def check_proportions(cluster_proportions, n_clusters):
+    """Validated cluster proportions as a float64 array.
+
+    Parameters
+    ----------
+    cluster_proportions : array-like of shape (n_clusters,) or None
+        Fractions of the samples per cluster: finite, strictly positive,
+        summing to one (within 1e-6). None stands for equal sizes.
+    n_clusters : int
+        Number of clusters.
+
+    Returns
+    -------
+    proportions : ndarray of shape (n_clusters,)
+
+    Raises
+    ------
+    ValueError
+        Saying which of the conditions above fails.
+    """
     if cluster_proportions is None:
         return np.full(n_clusters, 1.0 / n_clusters)
     p = np.asarray(cluster_proportions, dtype=np.float64)

@@ -62,8 +62,15 @@ class SinkhornResult:
     marginal_error : float
         L1 distance between the marginals of ``Q`` (the plan above, zero
         where a score is ``-inf``) and their targets: the cluster marginal
-        against the target proportions plus the per-sample marginal, which
-        is exact unless the plan has to use ``-inf`` scores.
+        against the target proportions (with ``marginal_penalty``, against
+        the sizes that the penalised optimum implies for the current
+        scaling) plus the per-sample marginal, which is exact unless the
+        plan has to use ``-inf`` scores.
+    proportions : ndarray or Tensor of shape (n_clusters,)
+        Column sums of ``Q``, float64, summing to one: the cluster sizes of
+        the plan as fractions of the samples. They equal
+        ``cluster_proportions`` up to ``marginal_error``, unless
+        ``marginal_penalty`` lets them deviate.
     soft : ndarray or Tensor of shape (n_samples, n_clusters) or None
         Rows of ``Q`` each normalised to sum to one, when asked for with
         ``return_soft=True`` or ``inplace=True`` (then it is the caller's
@@ -76,6 +83,7 @@ class SinkhornResult:
     n_iter: int
     converged: bool
     marginal_error: float
+    proportions: object
     soft: object = None
 
 
@@ -119,9 +127,18 @@ def _is_number(x):
     return isinstance(x, (int, float, np.number)) and not isinstance(x, (bool, np.bool_))
 
 
-def _validate_scalar_params(lam, tol, max_iter):
+def _validate_scalar_params(lam, tol, max_iter, marginal_penalty=None):
     if not (_is_number(lam) and np.isfinite(lam) and lam > 0):
         raise ValueError(f"lam must be a finite number > 0, got {lam!r}.")
+    if marginal_penalty is not None and not (
+        _is_number(marginal_penalty)
+        and np.isfinite(marginal_penalty)
+        and marginal_penalty > 0
+    ):
+        raise ValueError(
+            f"marginal_penalty must be None or a finite number > 0, got "
+            f"{marginal_penalty!r}."
+        )
     if not (_is_number(tol) and tol >= 0):
         raise ValueError(f"tol must be a number >= 0, got {tol!r}.")
     if not (
@@ -173,6 +190,7 @@ def sinkhorn_knopp(
     *,
     lam=25.0,
     cluster_proportions=None,
+    marginal_penalty=None,
     tol=1e-3,
     max_iter=1000,
     warm_start=None,
@@ -206,6 +224,17 @@ def sinkhorn_knopp(
     cluster_proportions : array-like of shape (n_clusters,), default=None
         Target fraction of samples per cluster (a prior on cluster sizes),
         positive and summing to one. Uniform (equipartition) when None.
+    marginal_penalty : float or None, default=None
+        None keeps the cluster sizes exactly at ``cluster_proportions``
+        (SeLa). A number ``rho > 0`` replaces that constraint by the penalty
+        ``rho * KL(Q.T 1 || cluster_proportions)`` (semi-unbalanced
+        transport, Chizat et al., 2018): the sizes follow the scores where
+        they disagree with the proportions, the more so the smaller ``rho``
+        (roughly ``q ~ c**t * q0**(1 - t)`` for the proportions ``c``, the
+        sizes ``q0`` of the posterior ``softmax(lam * scores + log c)`` and
+        ``t = rho * lam / (1 + rho * lam)``); ``result.proportions`` holds
+        them. Each iteration costs the same; convergence takes more of them
+        as ``rho`` grows.
     tol : float, default=1e-3
         Stop when the L1 error of the cluster marginal (the sample marginal
         being exact after every iteration) is at most ``tol``. The error is
@@ -222,9 +251,10 @@ def sinkhorn_knopp(
         How hard labels are read from ``Q``. ``"argmax"`` takes the largest
         entry per sample (approximately balanced); ``"balanced"`` returns an
         exact partition with cluster sizes from :func:`balanced_sizes`
-        (``floor(N/K)`` or ``ceil(N/K)`` each under equipartition), by greedy
-        rounding of ``Q`` that only revisits the samples argmax put into
-        over-full clusters.
+        (``floor(N/K)`` or ``ceil(N/K)`` each under equipartition; the plan's
+        own ``proportions`` with ``marginal_penalty``), by greedy rounding of
+        ``Q`` that only revisits the samples argmax put into over-full
+        clusters.
     return_soft : bool, default=False
         Also return the soft assignments (rows of ``Q`` normalised to sum to
         one) as ``result.soft``. This is the solver's working matrix, so it
@@ -264,7 +294,8 @@ def sinkhorn_knopp(
         sample can join it (with ``inplace=True`` the buffer has then been
         overwritten); if ``lam <= 0``; if ``cluster_proportions`` has the
         wrong length, entries that are not positive or does not sum to one;
-        if ``warm_start`` has the wrong length or is not finite.
+        if ``marginal_penalty`` is neither None nor a finite number > 0; if
+        ``warm_start`` has the wrong length or is not finite.
 
     Warns
     -----
@@ -280,6 +311,12 @@ def sinkhorn_knopp(
 
     Notes
     -----
+    With ``marginal_penalty``, the column update is that of Chizat et al.
+    (2018) for a KL-penalised marginal, ``log beta <- phi * (log c - log(P**lam.T
+    alpha))`` with ``phi = rho * lam / (1 + rho * lam)``, without
+    over-relaxation; it is the same problem as POT's
+    ``ot.unbalanced.sinkhorn_unbalanced(a, c, -scores, 1 / lam, (inf, rho))``.
+
     Each iteration costs one streaming pass over the ``N x K`` working matrix
     (the row update and the column sums share it), the matrix-vector
     iteration of the paper ``alpha <- 1 / (P**lam beta)``,
@@ -300,7 +337,7 @@ def sinkhorn_knopp(
     >>> np.bincount(res.labels)
     array([25, 25, 25, 25])
     """
-    _validate_scalar_params(lam, tol, max_iter)
+    _validate_scalar_params(lam, tol, max_iter, marginal_penalty)
     lam = float(lam)
     if assign not in ("argmax", "balanced"):
         raise ValueError(f"assign must be 'argmax' or 'balanced', got {assign!r}.")
@@ -360,7 +397,15 @@ def sinkhorn_knopp(
     _check_reachable(kernel, proportions, n_total, process_group)
 
     target = torch.as_tensor(proportions * n_total, dtype=torch.float64, device=S.device)
-    target_c = target.to(cdt)
+    # The column sums the iteration heads for: the target itself, or with a
+    # penalised marginal, the sizes that the current scaling implies at the
+    # penalised optimum (they coincide at its fixed point).
+    goal = target
+    goal_c = target.to(cdt)
+    if marginal_penalty is not None:
+        tau = float(marginal_penalty) * lam
+        phi = tau / (1.0 + tau)
+        log_c = torch.log(target / n_total)
     # Pending column scaling b = exp(log_b), not yet folded into the kernel.
     log_b = torch.zeros(k, dtype=torch.float64, device=S.device)
     b = torch.ones(k, dtype=cdt, device=S.device)
@@ -376,26 +421,38 @@ def sinkhorn_knopp(
         all_reduce(v, process_group)
         # (a, b) has exact row sums; col = b * v are its column sums.
         col_c = b * v
-        err = float((col_c - target_c).abs().sum()) / n_total
+        if marginal_penalty is not None:
+            # The total column scaling over exp(lam * S) is log c + tau *
+            # log(c / q) at the optimum (up to a constant), so the sizes it
+            # implies are q ~ c * exp(-(log_beta - log c) / tau).
+            excess = kernel.g + log_b - log_c
+            goal = torch.softmax(log_c - excess / tau, dim=0) * n_total
+            goal_c = goal.to(cdt)
+        err = float((col_c - goal_c).abs().sum()) / n_total
         if err <= tol:
             converged = True
             break
         if n_iter == max_iter:
             break
-        if n_iter == _RELAX_AFTER // 2:
-            err_mid = err
-        elif n_iter == _RELAX_AFTER:
-            # Per-iteration rate of plain Sinkhorn; >= 1 on a plateau.
-            rate = (err / err_mid) ** (2.0 / _RELAX_AFTER)
-            omega = min(_MAX_OMEGA, 2.0 / (1.0 + math.sqrt(max(0.0, 1.0 - rate))))
         col = col_c.double()
         delta = (target / col).log_()
-        step = omega
-        if step > 1.0:
-            plain, relaxed = _relaxation_gains(target, col, delta, step)
-            if not relaxed >= _SAFEGUARD * plain:
-                step = 1.0
-        log_b += step * delta
+        if marginal_penalty is not None:
+            # Chizat et al. (2018): log_beta <- phi * (log c - log(K.T a)),
+            # with log(K.T a) = log q - log_beta.
+            log_b += phi * delta - (1.0 - phi) * excess
+        else:
+            if n_iter == _RELAX_AFTER // 2:
+                err_mid = err
+            elif n_iter == _RELAX_AFTER:
+                # Per-iteration rate of plain Sinkhorn; >= 1 on a plateau.
+                rate = (err / err_mid) ** (2.0 / _RELAX_AFTER)
+                omega = min(_MAX_OMEGA, 2.0 / (1.0 + math.sqrt(max(0.0, 1.0 - rate))))
+            step = omega
+            if step > 1.0:
+                plain, relaxed = _relaxation_gains(target, col, delta, step)
+                if not relaxed >= _SAFEGUARD * plain:
+                    step = 1.0
+            log_b += step * delta
         # Fix the gauge (alpha * s, beta / s): the largest b is exp(_B_TOP).
         log_b -= log_b.max() - _B_TOP
         if streamed or float(log_b.min()) < _B_TOP - _ABSORB:
@@ -405,6 +462,7 @@ def sinkhorn_knopp(
 
     loop_converged = converged
     zero_note = ""
+    col = col_c.double()
     if kernel.zero_rows or process_group is not None:
         # -inf scores are a last resort of the working kernel, but the plan
         # the scalings describe, exp(log_alpha + lam * scores + log_beta),
@@ -412,12 +470,12 @@ def sinkhorn_knopp(
         # rank takes part). The sample marginal then misses exactly that
         # mass, and the error can only grow. (Before a is overwritten.)
         zero = all_reduce(kernel.zero_mass(a, b), process_group)
-        col = col_c.double() - zero
+        col -= zero
         lost = float(zero.sum())
-        err = (float((col - target).abs().sum()) + lost) / n_total
+        err = (float((col - goal).abs().sum()) + lost) / n_total
         converged = converged and err <= tol
         if lost > 0.5 * tol * n_total:
-            short = (target - col).cpu().numpy()
+            short = (goal - col).cpu().numpy()
             bad = np.flatnonzero(short >= 0.5)
             bad = bad if bad.size else [int(np.argmax(short))]
             zero_note = (
@@ -450,6 +508,10 @@ def sinkhorn_knopp(
     top = log_beta.max()
     log_beta -= top
     log_alpha += top
+    found = col.clamp_(min=1e-300) / col.sum()
+    if marginal_penalty is not None:
+        # Exact rounding to the sizes the penalised plan settled on.
+        proportions = found.cpu().numpy()
 
     if assign == "balanced":
         if process_group is not None:
@@ -483,6 +545,7 @@ def sinkhorn_knopp(
         n_iter=n_iter,
         converged=converged,
         marginal_error=err,
+        proportions=out(found),
         soft=None if soft is None else out(soft),
     )
 
