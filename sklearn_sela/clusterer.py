@@ -422,7 +422,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         given = self.cluster_proportions
         if given is None or isinstance(given, str):
             return given
-        per_head = not np.isscalar(given[0]) and np.ndim(given[0]) == 1 if len(given) else False
+        per_head = len(given) > 0 and np.ndim(given[0]) == 1
         if per_head and len(given) != len(ks):
             raise ValueError(
                 f"cluster_proportions has {len(given)} arrays, expected one per head "
