@@ -33,6 +33,10 @@ Usage::
     python benchmarks/bench_imbalanced.py --dataset longtail fashion digits --seeds 0 1 2
     python benchmarks/bench_imbalanced.py --model sela --dataset longtail digits-longtail \
         digits --seeds 0 1 2
+    python benchmarks/bench_imbalanced.py --model sela --dataset fashion --method auto
+
+``--method`` runs only the named rows (``kmeans``, ``equal``, ``true``,
+``auto``).
 """
 
 import argparse
@@ -78,24 +82,25 @@ def dataset(name, model):
 
 
 def methods(ytr, model):
+    """``{key: (row name, factory of seed)}``."""
     k = len(np.unique(ytr))
     truth = np.bincount(ytr, minlength=k) / len(ytr)
+    sizes = {"equal": ("equal sizes", None), "true": ("true proportions", truth),
+             "auto": ('"auto"', "auto")}
     if model == "sela":
         return {
-            f"SelfLabelClusterer, {name}": (
-                lambda seed, p=p: SelfLabelClusterer(k, cluster_proportions=p, random_state=seed))
-            for name, p in [("equal sizes", None), ("true proportions", truth),
-                            ('"auto"', "auto")]
+            key: (f"SelfLabelClusterer, {name}",
+                  lambda seed, p=p: SelfLabelClusterer(k, cluster_proportions=p, random_state=seed))
+            for key, (name, p) in sizes.items()
         }
-    return {
-        "KMeans": lambda seed: KMeans(k, n_init=3, random_state=seed),
-        "SinkhornAssigner, equal sizes": lambda seed: SinkhornAssigner(
-            k, n_init=3, random_state=seed),
-        "SinkhornAssigner, true proportions": lambda seed: SinkhornAssigner(
-            k, cluster_proportions=truth, n_init=3, random_state=seed),
-        'SinkhornAssigner, "auto"': lambda seed: SinkhornAssigner(
-            k, cluster_proportions="auto", n_init=3, random_state=seed),
-    }
+    out = {"kmeans": ("KMeans", lambda seed: KMeans(k, n_init=3, random_state=seed))}
+    out.update({
+        key: (f"SinkhornAssigner, {name}",
+              lambda seed, p=p: SinkhornAssigner(k, cluster_proportions=p, n_init=3,
+                                                 random_state=seed))
+        for key, (name, p) in sizes.items()
+    })
+    return out
 
 
 def row(name, method, seed, model, seconds, Xte, ytr, yte):
@@ -131,6 +136,8 @@ def main(argv=None):
     p.add_argument("--dataset", nargs="+", choices=["longtail", "fashion", "digits", "digits-longtail"],
                    default=["longtail"])
     p.add_argument("--model", choices=["assigner", "sela"], default="assigner")
+    p.add_argument("--method", nargs="+", choices=["kmeans", "equal", "true", "auto"],
+                   help="rows to run (default: all of the model's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
@@ -143,7 +150,9 @@ def main(argv=None):
         print(f"# {name}: train {Xtr.shape}, test {None if Xte is None else Xte.shape}",
               flush=True)
         for seed in args.seeds:
-            for method, make in methods(ytr, args.model).items():
+            for key, (method, make) in methods(ytr, args.model).items():
+                if args.method and key not in args.method:
+                    continue
                 t0 = time.perf_counter()
                 model = make(seed).fit(Xtr)
                 rows.append(row(name, method, seed, model, time.perf_counter() - t0,

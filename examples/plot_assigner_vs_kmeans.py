@@ -61,9 +61,10 @@ plt.show()
 # %%
 # With matching proportions, ``SinkhornAssigner`` is as good as k-means on
 # both data sets; with the default equipartition it is only right when the
-# data really are balanced. ``"auto"`` starts from equal sizes and lets each
-# Sinkhorn solve move them towards what the data support, so it needs no
-# prior knowledge (``cluster_proportions_`` holds the sizes it found). SeLa
+# data really are balanced. ``"auto"`` lets each Sinkhorn solve move the
+# sizes towards what the data support (from the seeds, and from the
+# equal-size solution, keeping the better fit), so it needs no prior
+# knowledge (``cluster_proportions_`` holds the sizes it found). SeLa
 # uses the equipartition to avoid the degenerate all-in-one-cluster solution
 # while learning features, where splitting large groups is harmless (and K
 # is usually larger than the number of classes anyway).

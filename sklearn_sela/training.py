@@ -585,11 +585,14 @@ class SelfLabelNet(NeuralNet):
         With ``cluster_proportions="auto"`` each of these k-means learns the
         cluster sizes (``SinkhornAssigner(cluster_proportions="auto")``) in
         the smoothed features and keeps them in the spectral embedding; the
-        chosen partition's sizes become the head's ``proportions_``, which
-        the label steps then impose. The sizes are thus estimated on fixed
-        features, where no feedback between labels and network can shrink
-        a cluster away; the label steps before the first transfer keep
-        equal sizes, SeLa's guard against collapse.
+        head takes the partition of lowest k-means objective in the smoothed
+        features (neighbour agreement favours unequal sizes: a cluster that
+        swallows its neighbour cuts fewer edges), and its sizes become the
+        head's ``proportions_``, which the label steps then impose. The
+        sizes are thus estimated on fixed features, where no feedback
+        between labels and network can shrink a cluster away; the label
+        steps before the first transfer keep equal sizes, SeLa's guard
+        against collapse.
 
         Parameters
         ----------
@@ -640,11 +643,13 @@ class SelfLabelNet(NeuralNet):
             for k in set(self.n_clusters) if 1 < k <= _TRANSFER_SPECTRAL_MAX and n > k
         }
 
+        auto = "auto" if self.learns_proportions else None
+
         def partition(k, proportions, labels=None, random_state=None):
             """Balanced k-means (cluster sizes ``proportions``) of the
             smoothed features from the centres of ``labels`` (k-means++
-            without), then of the spectral embedding. Returns its neighbour
-            agreement, labels and k-means iterations."""
+            without), then of the spectral embedding. Returns its score
+            (higher is better), labels and k-means iterations."""
             run = None
             learn = isinstance(proportions, str)
             for space in [smoothed] + ([spectral[k]] if k in spectral else []):
@@ -660,9 +665,13 @@ class SelfLabelNet(NeuralNet):
                 labels, run = step.labels_, run or step
                 if learn:
                     proportions = step.cluster_proportions_
-            return neighbor_agreement(torch.as_tensor(labels), neighbors), labels, int(run.n_iter_)
+            if auto:  # the k-means objective of the smoothed features
+                centers = cluster_centers(smoothed, labels, smoothed[:k], "cosine")
+                score = float(np.einsum("ij,ij->", smoothed, centers[labels]))
+            else:
+                score = neighbor_agreement(torch.as_tensor(labels), neighbors)
+            return score, labels, int(run.n_iter_)
 
-        auto = "auto" if self.learns_proportions else None
         # Large K: the heads share one k-means, from their most agreeing partition.
         heads_of = {k: [t for t, kt in enumerate(self.n_clusters) if kt == k]
                     for k in set(self.n_clusters) if k > _TRANSFER_SPECTRAL_MAX}
@@ -678,8 +687,8 @@ class SelfLabelNet(NeuralNet):
             if k in spectral and key not in restarts:
                 restarts[key] = [partition(k, sizes, random_state=seed + i)
                                  for i in range(_TRANSFER_N_INIT)]
-            # The head's own partition, or a restart whose clusters split
-            # fewer neighbourhoods (max keeps the first of equal ones).
+            # The head's own partition, or a restart that scores higher
+            # (max keeps the first of equal ones).
             _, labels, n_iter = shared[k] if k in shared else max(
                 [partition(k, sizes, previous[:, t].numpy())] + restarts.get(key, []),
                 key=lambda run: run[0])

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.datasets import make_blobs
+from sklearn.cluster import kmeans_plusplus
+from sklearn.datasets import load_digits, make_blobs
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.metrics import adjusted_rand_score, silhouette_score
@@ -19,6 +20,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import sklearn_sela.assigner as assigner_module
 from sklearn_sela.assigner import SinkhornAssigner
+from sklearn_sela.metrics import cluster_accuracy
 from sklearn_sela.sinkhorn import balanced_sizes, sinkhorn_knopp, soft_assignments
 
 # ---------------------------------------------------------------------------
@@ -210,6 +212,28 @@ def test_auto_proportions_learn_imbalanced_blobs(metric):
         balanced_sizes(sizes.sum(), auto.cluster_proportions_),
     )
     assert np.mean(auto.predict(X) == auto.labels_) > 0.98
+
+
+def test_auto_proportions_keep_the_better_of_two_starts():
+    # From seeded centres, "auto" learns the sizes twice: from the seeds, and
+    # from the equal-size k-means they lead to; it keeps the lower inertia.
+    # On balanced digits the start from equal sizes is the one that keeps
+    # the accuracy of equal sizes (from the seeds, the sizes drift).
+    X, y = load_digits(return_X_y=True)
+    X = X.astype(np.float64)
+    auto = SinkhornAssigner(10, cluster_proportions="auto", random_state=0).fit(X)
+    seeds, _ = kmeans_plusplus(X, 10, random_state=np.random.RandomState(0))
+    from_seeds = SinkhornAssigner(10, cluster_proportions="auto", init=seeds).fit(X)
+    equal = SinkhornAssigner(10, init=seeds).fit(X)
+    from_equal = SinkhornAssigner(
+        10, cluster_proportions="auto", init=equal.cluster_centers_).fit(X)
+    better = min([from_seeds, from_equal], key=lambda m: m.inertia_)
+    assert auto.inertia_ == pytest.approx(min(from_seeds.inertia_, from_equal.inertia_))
+    np.testing.assert_array_equal(auto.labels_, better.labels_)
+    assert auto.n_iter_ > equal.n_iter_
+    acc = [cluster_accuracy(y, m.labels_) for m in (auto, from_seeds, equal)]
+    assert acc[0] > acc[1] + 0.05
+    assert acc[0] > acc[2] - 0.01
 
 
 def test_auto_proportions_precomputed_are_the_maximum_likelihood_weights():

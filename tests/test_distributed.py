@@ -50,6 +50,11 @@ def _fit_data():
     return X.astype(np.float32)
 
 
+def _imbalanced_data():
+    # Blob sizes 120, 50, 20 and 11: the sizes "auto" should learn.
+    return make_blobs([120, 50, 20, 11], n_features=5, random_state=0)
+
+
 def _plain_dataset(X):
     from sklearn_sela.data import AugmentedDataset, as_dataset
 
@@ -116,6 +121,10 @@ def _worker(rank, port, outdir):
         if rank == 0:
             with open(os.path.join(outdir, "est.pkl"), "wb") as f:
                 pickle.dump(est, f)
+        # -- learned cluster sizes: the same on every rank ----------------
+        auto = SelfLabelClusterer(**FIT_PARAMS, cluster_proportions="auto",
+                                  random_state=None).fit(_imbalanced_data()[0].astype(np.float32))
+        out["auto"] = dict(labels=auto.labels_, proportions=np.array(auto.cluster_proportions_))
         # -- a neighbour-averaged label update, neighbourhoods across shards --
         net = est.net_
         net.label_neighbors = 7
@@ -230,6 +239,21 @@ def test_fitted_model_usable_in_parent(ranks):
     assert adjusted_rand_score(single.labels_, est.labels_) > 0.9
     feats = est.transform(X[:10])
     assert feats.shape[0] == 10 and np.isfinite(feats).all()
+
+
+def test_distributed_fit_learns_the_same_sizes(ranks):
+    # With cluster_proportions="auto" every rank learns the same unequal
+    # sizes (the transfer's k-means runs on all-gathered features) and ends
+    # with the same clusters. (A 4-epoch fit of these blobs has not settled
+    # its partition, so the ranks' own batch-norm statistics can move a
+    # cluster against a single-process fit: that is checked with equal
+    # sizes above.)
+    _, results = ranks
+    a, b = (r["auto"] for r in results)
+    np.testing.assert_array_equal(a["labels"], b["labels"])
+    np.testing.assert_array_equal(a["proportions"], b["proportions"])
+    assert a["proportions"].max() > 1.2 / FIT_K
+    assert np.bincount(a["labels"], minlength=FIT_K).max() > 1.2 * FIT_N / FIT_K
 
 
 def test_neighbour_update_equals_single_process(ranks):
