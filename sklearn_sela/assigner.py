@@ -159,25 +159,16 @@ class SinkhornAssigner(
 
     cluster_proportions : array-like of shape (n_clusters,), "auto" or None, \
             default=None
-        Target fraction of samples in each cluster: strictly positive and
-        summing to one. Uniform (an equipartition) when None. In the feature
-        modes, the seeded centres are ordered so that the centre with the
-        most nearest samples gets the largest proportion, the next one the
-        second largest, and so on (not with an explicit ``init``, whose order
-        is kept).
-
-        ``"auto"`` estimates the proportions from the data, for clusters of
-        unknown, unequal sizes: each solve penalises the sizes' deviation
-        from the current estimate instead of forbidding it
-        (``marginal_penalty=1 / lam`` of :func:`~sklearn_sela.sinkhorn_knopp`);
-        the estimate starts uniform and becomes each plan's sizes until they
-        change by at most ``sinkhorn_tol`` (a damped EM update of mixture
-        weights; in the feature modes alongside the centres). From seeded
-        centres it runs twice, from the seeds and from the equal-size
-        k-means they lead to, and keeps the lower inertia (with equal sizes
-        first, balanced data keep them; from the seeds, a large cluster is
-        not split by the start): about three times the fit time of equal
-        sizes. A cluster the data do not support can end empty.
+        Target fraction of samples in each cluster (strictly positive,
+        summing to one); None for equal sizes. Seeded centres are ordered so
+        that the one with the most nearest samples takes the largest
+        fraction (an explicit ``init`` keeps its order). ``"auto"`` learns
+        the fractions with the centres: each solve penalises a change of
+        sizes instead of forbidding it (``marginal_penalty=1 / lam`` of
+        :func:`~sklearn_sela.sinkhorn_knopp`), an EM update of mixture
+        weights, run from the seeds and from the equal-size solution; the
+        lower inertia is kept. About three times the fit time of equal
+        sizes; a cluster the data do not support can end empty.
 
     assign : {"balanced", "argmax"}, default="balanced"
         How hard labels are read from the transport plan during ``fit``.
@@ -493,10 +484,11 @@ class SinkhornAssigner(
         diff = Xd - Cd
         return np.einsum("ij,ij->i", diff, diff)
 
-    def _next_prior(self, res, prior):
-        """With ``"auto"``: the plan's sizes as the next estimate, and whether
-        the estimate has settled (always settled without ``"auto"``)."""
-        if not self._auto:
+    def _next_prior(self, res, prior, learn=None):
+        """When ``learn`` (by default with ``"auto"``): the plan's sizes as
+        the next estimate, and whether the estimate has settled (always
+        settled otherwise)."""
+        if not (self._auto if learn is None else learn):
             return None, True
         found = np.asarray(res.proportions, dtype=np.float64)
         settled = prior is not None and np.abs(found - prior).sum() <= self.sinkhorn_tol
@@ -556,7 +548,7 @@ class SinkhornAssigner(
             res = self._solve(scores, warm_start=log_beta, quiet=True, prior=prior,
                               learn=learn)
             labels, log_beta = res.labels, res.log_beta
-            prior, settled = self._next_prior(res, prior) if learn else (None, True)
+            prior, settled = self._next_prior(res, prior, learn)
             if settled and labels_old is not None and np.array_equal(labels, labels_old):
                 # Strict convergence: the centres would not move.
                 break

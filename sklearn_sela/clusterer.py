@@ -550,7 +550,7 @@ class SelfLabelClusterer(ClusterMixin, TransformerMixin, BaseEstimator):
         Every rank ends with the same fitted estimator.
         """
         ks = self._cluster_list()
-        self._proportions(ks)
+        self._proportions(ks)  # bad sizes fail before the data are read
         base, info = self._dataset(X, reset=True)
         n = info.n_samples
         if n < 2:
