@@ -454,11 +454,9 @@ class SinkhornAssigner(
         d2 /= temperature
         return np.negative(d2, out=d2)
 
-    def _solve(self, scores, warm_start=None, quiet=False, prior=None, learn=None):
+    def _solve(self, scores, learn, warm_start=None, quiet=False, prior=None):
         """One Sinkhorn solve; ``prior`` is the current estimate of ``"auto"``,
-        whose sizes are penalised rather than imposed when ``learn`` (by
-        default with ``"auto"``)."""
-        learn = self._auto if learn is None else learn
+        whose sizes are penalised rather than imposed when ``learn``."""
         with warnings.catch_warnings():
             if quiet:
                 warnings.simplefilter("ignore", ConvergenceWarning)
@@ -484,11 +482,10 @@ class SinkhornAssigner(
         diff = Xd - Cd
         return np.einsum("ij,ij->i", diff, diff)
 
-    def _next_prior(self, res, prior, learn=None):
-        """When ``learn`` (by default with ``"auto"``): the plan's sizes as
-        the next estimate, and whether the estimate has settled (always
-        settled otherwise)."""
-        if not (self._auto if learn is None else learn):
+    def _next_prior(self, res, prior, learn):
+        """When ``learn``: the plan's sizes as the next estimate, and whether
+        the estimate has settled (always settled otherwise)."""
+        if not learn:
             return None, True
         found = np.asarray(res.proportions, dtype=np.float64)
         settled = prior is not None and np.abs(found - prior).sum() <= self.sinkhorn_tol
@@ -545,8 +542,7 @@ class SinkhornAssigner(
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
             scores = self._scores(Xs, centers, temperature, x_sq_norms)
-            res = self._solve(scores, warm_start=log_beta, quiet=True, prior=prior,
-                              learn=learn)
+            res = self._solve(scores, learn, warm_start=log_beta, quiet=True, prior=prior)
             labels, log_beta = res.labels, res.log_beta
             prior, settled = self._next_prior(res, prior, learn)
             if settled and labels_old is not None and np.array_equal(labels, labels_old):
@@ -587,7 +583,7 @@ class SinkhornAssigner(
             # log_beta_ and cluster_centers_ agree (warm start: a handful of
             # iterations).
             scores = self._scores(Xs, c, temperature, x_sq_norms)
-            res = self._solve(scores, warm_start=log_beta, quiet=False, prior=prior)
+            res = self._solve(scores, self._auto, warm_start=log_beta, prior=prior)
             inertia = float(self._costs(Xs, res.labels, c).sum())
             if best is None or inertia < best[2]:
                 best = (res, c, inertia, n_iter)
@@ -619,13 +615,13 @@ class SinkhornAssigner(
             # last one at the settled estimate.
             res, prior, n_iter = None, None, 0
             for _ in range(self.max_iter if self._auto else 1):
-                res = self._solve(X, warm_start=res, quiet=self._auto, prior=prior)
+                res = self._solve(X, self._auto, warm_start=res, quiet=self._auto, prior=prior)
                 n_iter += res.n_iter
-                prior, settled = self._next_prior(res, prior)
+                prior, settled = self._next_prior(res, prior, self._auto)
                 if settled:
                     break
             if self._auto:
-                res = self._solve(X, warm_start=res, prior=prior)
+                res = self._solve(X, True, warm_start=res, prior=prior)
                 n_iter += res.n_iter
             self._set_fitted(res)
             self.inertia_ = float(self._costs(X, res.labels, None).sum())

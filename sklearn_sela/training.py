@@ -651,7 +651,6 @@ class SelfLabelNet(NeuralNet):
             without), then of the spectral embedding. Returns its score
             (higher is better), labels and k-means iterations."""
             run = None
-            learn = isinstance(proportions, str)
             for space in [smoothed] + ([spectral[k]] if k in spectral else []):
                 # A cluster the head left empty starts at a sample (at zero,
                 # it scores 0 everywhere and the transport solves crawl).
@@ -663,7 +662,7 @@ class SelfLabelNet(NeuralNet):
                     cluster_proportions=proportions, random_state=random_state,
                 ).fit(space)
                 labels, run = step.labels_, run or step
-                if learn:
+                if auto:  # the first space's sizes, kept in the spectral one
                     proportions = step.cluster_proportions_
             if auto:  # the k-means objective of the smoothed features
                 centers = cluster_centers(smoothed, labels, smoothed[:k], "cosine")
