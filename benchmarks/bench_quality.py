@@ -238,16 +238,17 @@ def ablations(args, params):
 
 def stage_times(model, fit_seconds):
     """Wall time of each stage of a fit, from its history: training epochs,
-    label updates, the label transfer, and what runs outside the epochs
+    label updates, the label transfers, and what runs outside the epochs
     (set-up and the balancing and head choice after training)."""
     history = model.history_
     epochs = sum(row["dur"] for row in history)
     updates = sum(row["label_update"]["time"] for row in history if "label_update" in row)
-    transfer = sum(row["label_transfer"]["time"] for row in history if "label_transfer" in row)
+    transfers = [row["label_transfer"]["time"] for row in history if "label_transfer" in row]
+    transfer = sum(transfers)
     return {
         "training epochs": epochs - updates - transfer,
-        f"label updates ({model.net_.label_updates_ - bool(transfer)})": updates,
-        "label transfer": transfer,
+        f"label updates ({model.net_.label_updates_ - len(transfers)})": updates,
+        f"label transfers ({len(transfers)})": transfer,
         "outside the epochs": fit_seconds - epochs,
         "fit": fit_seconds,
     }
