@@ -680,17 +680,23 @@ class SelfLabelNet(NeuralNet):
             shared[k] = partition(k, auto or self.proportions_[t], previous[:, t].numpy())
         iterations = []
         restarts = {}  # shared by the heads of one K and the same sizes
+        chosen = {}  # shared by the heads of one K, the same sizes and labels
         for t, k in enumerate(self.n_clusters):
             sizes = auto or self.proportions_[t]
             key = (k, sizes if sizes is None or auto else tuple(sizes))
             if k in spectral and key not in restarts:
                 restarts[key] = [partition(k, sizes, random_state=seed + i)
                                  for i in range(_TRANSFER_N_INIT)]
-            # The head's own partition, or a restart that scores higher
-            # (max keeps the first of equal ones).
-            _, labels, n_iter = shared[k] if k in shared else max(
-                [partition(k, sizes, previous[:, t].numpy())] + restarts.get(key, []),
-                key=lambda run: run[0])
+            own = previous[:, t].numpy()
+            mine = (key, own.tobytes())
+            if k not in shared and mine not in chosen:
+                # The head's own partition, or a restart that scores higher
+                # (max keeps the first of equal ones). Heads with equal
+                # labels (as the last transfer often leaves them) get the
+                # same result: partition() draws no random numbers here.
+                chosen[mine] = max([partition(k, sizes, own)] + restarts.get(key, []),
+                                   key=lambda run: run[0])
+            _, labels, n_iter = shared[k] if k in shared else chosen[mine]
             self.labels_[:, t] = torch.as_tensor(labels, dtype=torch.int64)
             self._learned(t, np.bincount(labels, minlength=k))
             if cosine:

@@ -701,6 +701,44 @@ def test_label_transfer_starts_clusters_a_head_left_empty_at_samples(digits, mon
     assert np.bincount(net.labels_[:, 0].numpy(), minlength=10).tolist() == [40] * 10
 
 
+def test_label_transfer_runs_once_for_heads_with_equal_labels(digits, monkeypatch):
+    # The k-means from a head's clusters draws no random numbers, so heads
+    # with equal labels (as a transfer leaves them) share one run, and each
+    # gets what it would get alone.
+    import copy
+
+    import sklearn_sela.training as training
+    from sklearn_sela.data import AugmentedDataset, as_dataset
+
+    X, _ = digits
+    est = SelfLabelClusterer(n_clusters=10, n_heads=3, **FAST).fit(X)
+    base = AugmentedDataset(as_dataset(X)[0], None)
+    runs = []
+
+    class Spy(training.SinkhornAssigner):
+        def fit(self, X, y=None):
+            if not isinstance(self.init, str):  # from a head's clusters
+                runs.append(len(X))
+            return super().fit(X, y)
+
+    monkeypatch.setattr(training, "SinkhornAssigner", Spy)
+    monkeypatch.setattr(training, "_TRANSFER_N_INIT", 0)
+    gen = torch.Generator().manual_seed(0)
+    head0 = est.net_.labels_[:, 0]
+    shared, apart = copy.deepcopy(est.net_), copy.deepcopy(est.net_)
+    shared.labels_[:, 1] = head0
+    shared.labels_[:, 2] = head0[torch.randperm(len(X), generator=gen)]
+    apart.labels_[:, 1] = head0[torch.randperm(len(X), generator=gen)]
+    apart.labels_[:, 2] = shared.labels_[:, 2]
+    shared.transfer_labels(base)
+    assert len(runs) == 4  # smoothed and spectral space, for heads {0, 1} and head 2
+    apart.transfer_labels(base)
+    assert len(runs) == 4 + 6
+    np.testing.assert_array_equal(shared.labels_[:, 1].numpy(), shared.labels_[:, 0].numpy())
+    np.testing.assert_array_equal(shared.labels_[:, 0].numpy(), apart.labels_[:, 0].numpy())
+    np.testing.assert_array_equal(shared.labels_[:, 2].numpy(), apart.labels_[:, 2].numpy())
+
+
 def test_no_label_transfer_without_self_labelling_or_epochs(digits):
     X, _ = digits
     for params in (dict(n_label_updates=0, max_epochs=3), dict(max_epochs=1)):
