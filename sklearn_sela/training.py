@@ -687,16 +687,20 @@ class SelfLabelNet(NeuralNet):
             if k in spectral and key not in restarts:
                 restarts[key] = [partition(k, sizes, random_state=seed + i)
                                  for i in range(_TRANSFER_N_INIT)]
-            own = previous[:, t].numpy()
-            mine = (key, own.tobytes())
-            if k not in shared and mine not in chosen:
+            if k in shared:
+                run = shared[k]
+            else:
                 # The head's own partition, or a restart that scores higher
                 # (max keeps the first of equal ones). Heads with equal
                 # labels (as the last transfer often leaves them) get the
                 # same result: partition() draws no random numbers here.
-                chosen[mine] = max([partition(k, sizes, own)] + restarts.get(key, []),
-                                   key=lambda run: run[0])
-            _, labels, n_iter = shared[k] if k in shared else chosen[mine]
+                own = previous[:, t].numpy()
+                mine = (key, own.tobytes())
+                if mine not in chosen:
+                    chosen[mine] = max([partition(k, sizes, own)] + restarts.get(key, []),
+                                       key=lambda run: run[0])
+                run = chosen[mine]
+            _, labels, n_iter = run
             self.labels_[:, t] = torch.as_tensor(labels, dtype=torch.int64)
             self._learned(t, np.bincount(labels, minlength=k))
             if cosine:
