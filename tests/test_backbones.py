@@ -66,6 +66,19 @@ def test_convnet_pooling_stops_at_small_maps():
     assert pools(ConvNet(3, (32, 32))) == 3
 
 
+def test_convnet_last_convolution_reads_the_whole_map_from_16_pixels():
+    def last_map(module, shape):
+        return tuple(module.features(torch.zeros(2, *shape)).shape[2:])
+
+    # 28x28: one unpadded 3x3 convolution over the last 3x3 map.
+    assert last_map(make_backbone("convnet", _image(1, 28, 28))[0], (1, 28, 28)) == (1, 1)
+    assert last_map(make_backbone("convnet", _image(3, 32, 32))[0], (3, 32, 32)) == (2, 2)
+    # Under 16 pixels the last stage keeps its padding and its 4x4 map.
+    assert last_map(make_backbone("convnet", _image(1, 8, 8))[0], (1, 8, 8)) == (4, 4)
+    assert last_map(ConvNet(1, (28, 28)), (1, 28, 28)) == (3, 3)
+    assert last_map(ConvNet(1, (28, 28), last_padding=0), (1, 28, 28)) == (1, 1)
+
+
 def test_convnet_trains():
     module, dim = make_backbone("convnet", _image(1, 28, 28))
     out = module(torch.rand(4, 1, 28, 28))
