@@ -93,9 +93,10 @@ class ConvNet(nn.Module):
         Output dimension; None for the pooled convolutional features.
     last_padding : {1, 0}, default=1
         Zero padding of the last stage's convolution. 0 shrinks the last
-        map by 2 pixels per side; on a 3x3 map (28x28 images) it then reads
+        map by one pixel on each side; on a 3x3 map (28x28 images) it then reads
         the whole map, so the features keep where on the image a pattern
-        lies instead of averaging it over the map.
+        lies instead of averaging it over the map. Same weights; the last
+        convolution then runs at ``(h - 2)(w - 2)`` positions instead of ``h w``.
 
     Notes
     -----
@@ -117,7 +118,6 @@ class ConvNet(nn.Module):
             padding = last_padding if last else 1
             layers.append(nn.Conv2d(c, width, 3, padding=padding, bias=False))
             c = width
-            h, w = h + 2 * padding - 2, w + 2 * padding - 2
             if not last and min(h, w) >= 6:
                 # Pooling before batch norm and ReLU runs them on a quarter
                 # of the activations; the max commutes with both (for a
